@@ -1,0 +1,3 @@
+from eaio.cli import app
+
+app()

@@ -1,0 +1,276 @@
+"""Load and check the site configuration before any I/O.
+
+YAML -> pydantic models (``extra="forbid"``) -> a check step for what a schema cannot say
+(duplicate ids, overlapping registers, write bounds outside limits). Every problem names the
+file and the field path, e.g. ``devices[2].points[5].address.register``. Environment variables
+``EAIO_<FIELD>`` (nested with ``__``, e.g. ``EAIO_STORAGE__SQLITE__PATH``) override the file.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+from .models import ModbusDevice, ModbusPoint, Point
+
+__all__ = [
+    "AgentServerRef",
+    "AgentSettings",
+    "IngestSettings",
+    "ServerSettings",
+    "SimFaultSpec",
+    "SimSettings",
+    "SiteConfig",
+    "SiteInfo",
+    "StorageSettings",
+    "load_config",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SiteInfo(_Strict):
+    id: str = "site"
+    name: str = ""
+    timezone: str = "UTC"
+
+
+class SqliteSettings(_Strict):
+    path: str = Field(default="eaio.db", description="Relative paths are under data_dir")
+
+
+class StorageSettings(_Strict):
+    backend: Literal["sqlite"] = "sqlite"
+    sqlite: SqliteSettings = Field(default_factory=SqliteSettings)
+
+
+class ServerSettings(_Strict):
+    transport: Literal["stdio", "http"] = "stdio"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8700, ge=0, le=65535)
+    audit_log: str = Field(default="", description="JSONL audit file; default <data_dir>/audit/<protocol>.jsonl")
+    max_read_points: int = Field(default=500, ge=1, description="Points one read_points call may ask for")
+
+
+class IngestSettings(_Strict):
+    stale_after_polls: float = Field(default=3.0, gt=0, description="Missed polls before a point is stale")
+    batch_size: int = Field(default=1000, ge=1)
+
+
+class AgentServerRef(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    command: list[str] | None = None
+    url: str | None = None
+    token: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> AgentServerRef:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of 'command' or 'url'")
+        return self
+
+
+class LLMSettings(_Strict):
+    backend: Literal["none", "ollama"] = "none"
+    url: str = "http://127.0.0.1:11434"
+    model: str = "qwen2.5:7b"
+    fallback_model: str | None = "qwen2.5:1.5b"
+
+
+class AgentSettings(_Strict):
+    interval_s: float = Field(default=60.0, gt=0)
+    servers: list[AgentServerRef] | None = Field(
+        default=None, description="Default: one stdio child 'eaio serve <protocol>' per protocol in use"
+    )
+    comfort_band_c: float = Field(default=1.0, gt=0, description="Allowed distance from setpoint")
+    call_timeout_s: float = Field(default=10.0, gt=0)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+
+
+class SimFaultSpec(_Strict):
+    kind: Literal["stuck", "spike", "drift", "offline"]
+    target: str = Field(description="A point id (stuck, spike, drift) or a device id (offline)")
+    magnitude: float = Field(default=0.0, description="spike: added value; drift: units per sim hour")
+    start_s: float = Field(default=0.0, ge=0, description="Sim seconds after start")
+    duration_s: float | None = Field(default=None, gt=0)
+
+
+class SimSettings(_Strict):
+    speed: float = Field(default=1.0, gt=0, le=10000)
+    start: datetime | None = Field(default=None, description="Sim clock at start (local site time)")
+    seed: int = 42
+    step_s: float = Field(default=0.5, gt=0, le=60, description="Wall seconds between physics updates")
+    control_port: int | None = Field(default=None, ge=0, le=65535, description="HTTP control API")
+    meter_start_wh: int = Field(
+        default=4_294_967_295 - 20_000, ge=0, le=4_294_967_295, description="Initial 32-bit energy counter"
+    )
+    faults: list[SimFaultSpec] = Field(default_factory=list)
+
+
+class SiteConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="forbid", env_prefix="EAIO_", env_nested_delimiter="__", nested_model_default_partial_update=True
+    )
+
+    site: SiteInfo = Field(default_factory=SiteInfo)
+    data_dir: Path = Path(".eaio")
+    devices: list[ModbusDevice] = Field(default_factory=list)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    servers: dict[str, ServerSettings] = Field(default_factory=dict)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    sim: SimSettings = Field(default_factory=SimSettings)
+    # Where this configuration came from; set by load_config, never read from YAML.
+    source: Path | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file, as an operator expects of a deployed service.
+        return (env_settings, init_settings)
+
+    # -- convenience views -------------------------------------------------------------------
+    def points(self) -> list[Point]:
+        return [p for d in self.devices for p in d.points]
+
+    def point(self, point_id: str) -> Point | None:
+        return self._point_index().get(point_id)
+
+    def _point_index(self) -> dict[str, Point]:
+        return {p.id: p for p in self.points()}
+
+    def devices_for(self, protocol: str) -> list[ModbusDevice]:
+        return [d for d in self.devices if d.protocol == protocol]
+
+    def protocols(self) -> list[str]:
+        return sorted({d.protocol for d in self.devices})
+
+    def server_settings(self, protocol: str) -> ServerSettings:
+        return self.servers.get(protocol, ServerSettings())
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path from the config, relative to data_dir unless absolute."""
+        p = Path(path)
+        return p if p.is_absolute() else self.data_dir / p
+
+    def audit_path(self, protocol: str) -> Path:
+        configured = self.server_settings(protocol).audit_log
+        return self.resolve(configured or f"audit/{protocol}.jsonl")
+
+    def sqlite_path(self) -> Path:
+        return self.resolve(self.storage.sqlite.path)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("modbus",) and out.endswith("]"):
+            continue  # the discriminator tag adds nothing a reader needs
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] not in ("missing", "extra_forbidden") and "input" in e and not isinstance(e["input"], dict):
+            msg += f" (got {e['input']!r})"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        problems.append((_format_loc(tuple(e["loc"])), msg))
+    return problems
+
+
+def check(cfg: SiteConfig) -> list[tuple[str, str]]:
+    """Checks across fields that a schema cannot express."""
+    problems: list[tuple[str, str]] = []
+    seen_dev: dict[str, int] = {}
+    seen_pt: dict[str, str] = {}
+    for di, dev in enumerate(cfg.devices):
+        if dev.id in seen_dev:
+            problems.append((f"devices[{di}].id", f"duplicate device id '{dev.id}' (also devices[{seen_dev[dev.id]}])"))
+        seen_dev.setdefault(dev.id, di)
+        used: dict[tuple[int, str], list[tuple[int, int, int]]] = defaultdict(list)
+        for pi, pt in enumerate(dev.points):
+            where = f"devices[{di}].points[{pi}]"
+            if pt.id in seen_pt:
+                problems.append((f"{where}.id", f"duplicate point id '{pt.id}' (also {seen_pt[pt.id]})"))
+            seen_pt.setdefault(pt.id, where)
+            problems += _check_write_bounds(pt, where)
+            a = pt.address
+            used[(a.unit if a.unit is not None else dev.connection.unit, a.table)].append(
+                (a.register, a.register + a.count - 1, pi)
+            )
+        for (unit, table), spans in used.items():
+            spans.sort()
+            for (s0, e0, p0), (s1, _e1, p1) in zip(spans, spans[1:], strict=False):
+                if s1 <= e0:
+                    problems.append((
+                        f"devices[{di}].points[{p1}].address.register",
+                        f"registers {s1}.. overlap points[{p0}] ({table} {s0}..{e0}, unit {unit})",
+                    ))
+    for name in cfg.servers:
+        if name not in ("modbus", "bacnet", "opcua", "mqtt"):
+            problems.append((f"servers.{name}", "unknown protocol; expected modbus, bacnet, opcua or mqtt"))
+    return problems
+
+
+def _check_write_bounds(pt: ModbusPoint, where: str) -> list[tuple[str, str]]:
+    if not pt.writable:
+        if pt.write_bounds is not None:
+            return [(f"{where}.write_bounds", "given for a point that is not writable")]
+        return []
+    if pt.is_binary:
+        return []
+    wb = pt.write_bounds
+    if wb is None or wb.low is None or wb.high is None:
+        return [(f"{where}.write_bounds", "a writable analog point needs write_bounds with low and high")]
+    if pt.limits and not (pt.limits.contains(wb.low) and pt.limits.contains(wb.high)):
+        return [(f"{where}.write_bounds", f"{wb.describe()} must lie inside limits {pt.limits.describe()}")]
+    return []
+
+
+def load_config(path: str | Path, **overrides: Any) -> SiteConfig:
+    """Read, validate and check a site file. Raises ConfigError naming the file and fields."""
+    source = Path(path)
+    try:
+        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(source), [("", "file not found")]) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(str(source), [(where, f"not valid YAML: {getattr(err, 'problem', err)}")]) from err
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(str(source), [("", "the top level must be a mapping")])
+    raw.update(overrides)
+    try:
+        cfg = SiteConfig(**raw)
+    except ValidationError as err:
+        raise ConfigError(str(source), _pydantic_problems(err)) from err
+    problems = check(cfg)
+    if problems:
+        raise ConfigError(str(source), problems)
+    cfg.source = source.resolve()
+    return cfg

@@ -1,0 +1,180 @@
+"""Points and devices as the site configuration declares them."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "Device",
+    "Limits",
+    "ModbusAddress",
+    "ModbusConnection",
+    "ModbusDevice",
+    "ModbusPoint",
+    "Point",
+    "PointKind",
+]
+
+_ID = re.compile(r"^[a-z0-9][a-z0-9_\-]*(\.[a-z0-9_\-]+)*$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PointKind(StrEnum):
+    TEMPERATURE = "temperature"
+    SETPOINT = "setpoint"
+    HUMIDITY = "humidity"
+    CO2 = "co2"
+    PRESSURE = "pressure"
+    POWER = "power"
+    ENERGY = "energy"
+    SPEED = "speed"
+    POSITION = "position"
+    STATUS = "status"
+    COMMAND = "command"
+    OCCUPANCY = "occupancy"
+    SCHEDULE = "schedule"
+    EFFICIENCY = "efficiency"
+    GENERIC = "generic"
+
+
+class Limits(Strict):
+    """An inclusive range; either end may be open."""
+
+    low: float | None = None
+    high: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Limits:
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not be above high ({self.high})")
+        return self
+
+    def contains(self, value: float) -> bool:
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+    def describe(self) -> str:
+        return f"[{'-inf' if self.low is None else self.low}, {'inf' if self.high is None else self.high}]"
+
+
+class Point(Strict):
+    """A site-wide point. Protocol subclasses add an ``address``."""
+
+    id: str = Field(description="Site-wide stable id, e.g. 'ahu1.sat'")
+    name: str = ""
+    kind: PointKind = PointKind.GENERIC
+    unit: str = ""
+    brick: str | None = Field(default=None, description="Brick class, e.g. Supply_Air_Temperature_Sensor")
+    zone: str | None = None
+    equip: str | None = None
+    limits: Limits | None = Field(default=None, description="Plausible range; outside it a reading is bad")
+    writable: bool = False
+    write_bounds: Limits | None = None
+    poll_interval_s: float | None = Field(default=None, gt=0)
+    # Filled in from the owning device when the configuration is loaded.
+    device_id: str = ""
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError("must be lower-case letters, digits, '_' or '-', dot-separated (e.g. 'ahu1.sat')")
+        return v
+
+    @property
+    def is_binary(self) -> bool:
+        return False
+
+
+ModbusTable = Literal["holding", "input", "coil", "discrete"]
+ModbusType = Literal["int16", "uint16", "int32", "uint32", "float32", "float64", "bool"]
+REGISTER_COUNT: dict[str, int] = {
+    "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "float64": 4, "bool": 1,
+}
+
+
+# "register" is the Modbus word for the field; pydantic warns only because BaseModel once had a
+# method of that name, which nothing here uses.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+class ModbusAddress(Strict):
+    table: ModbusTable = "holding"
+    register: int = Field(ge=0, le=65535, description="Zero-based PDU address")
+    type: ModbusType = "uint16"
+    word_order: Literal["big", "little"] = "big"
+    byte_order: Literal["big", "little"] = "big"
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: int | None = Field(default=None, ge=0, le=255, description="Overrides the device's unit id")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModbusAddress:
+        bit_table = self.table in ("coil", "discrete")
+        if bit_table and self.type != "bool":
+            raise ValueError(f"type must be 'bool' for table '{self.table}'")
+        if not bit_table and self.type == "bool":
+            raise ValueError(f"type 'bool' needs table 'coil' or 'discrete', not '{self.table}'")
+        if self.scale == 0:
+            raise ValueError("scale must not be 0")
+        if self.register + self.count - 1 > 65535:
+            raise ValueError(f"register {self.register} + {self.count} registers passes 65535")
+        return self
+
+    @property
+    def count(self) -> int:
+        return REGISTER_COUNT[self.type]
+
+
+class ModbusPoint(Point):
+    address: ModbusAddress
+
+    @property
+    def is_binary(self) -> bool:
+        return self.address.type == "bool"
+
+
+class ModbusConnection(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=502, ge=1, le=65535)
+    unit: int = Field(default=1, ge=0, le=255)
+    timeout_s: float = Field(default=1.0, gt=0, le=60)
+    retries: int = Field(default=2, ge=0, le=10)
+    max_registers: int = Field(default=125, ge=1, le=125, description="Registers per read request")
+    max_bits: int = Field(default=2000, ge=1, le=2000, description="Coils/inputs per read request")
+    max_gap: int = Field(default=16, ge=0, le=124, description="Unused registers read through to merge requests")
+    breaker_failures: int = Field(default=3, ge=1, description="Failed requests that open the circuit")
+    breaker_reset_s: float = Field(default=5.0, gt=0, description="Seconds before an open circuit is tried again")
+
+
+class Device(Strict):
+    id: str
+    name: str = ""
+    protocol: str
+    poll_interval_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError("must be lower-case letters, digits, '_' or '-' (e.g. 'ahu1-ctrl')")
+        return v
+
+
+class ModbusDevice(Device):
+    protocol: Literal["modbus"]
+    connection: ModbusConnection = Field(default_factory=ModbusConnection)
+    points: list[ModbusPoint] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _own_points(self) -> ModbusDevice:
+        for p in self.points:
+            p.device_id = self.id
+        return self

@@ -1,0 +1,73 @@
+"""Shared fixtures: free ports, a per-test copy of the demo site, and the virtual building.
+
+Every test gets private ports and a private data directory, so tests never collide with each
+other or with a demo someone left running.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from eaio.config import SiteConfig, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config" / "site.example.yaml"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def site_file(tmp_path: Path) -> Callable[..., Path]:
+    """Write a copy of the demo site with free ports and a private data_dir; returns its path.
+
+    Keyword arguments are merged into the top level (e.g. ``sim={"speed": 600}``), and
+    ``devices=`` replaces the device list.
+    """
+
+    def make(**changes: Any) -> Path:
+        raw = yaml.safe_load(EXAMPLE.read_text())
+        for dev in raw["devices"]:
+            if dev.get("protocol") == "modbus":
+                dev.setdefault("connection", {})["port"] = free_port()
+        raw["data_dir"] = str(tmp_path / "data")
+        raw["sim"]["control_port"] = None
+        for key, value in changes.items():
+            if isinstance(value, dict) and isinstance(raw.get(key), dict):
+                raw[key].update(value)
+            else:
+                raw[key] = value
+        path = tmp_path / f"site-{len(list(tmp_path.glob('site-*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+    return make
+
+
+@pytest.fixture
+def site(site_file: Callable[..., Path]) -> SiteConfig:
+    """The demo site on private ports, loaded and checked."""
+    return load_config(site_file())
+
+
+@pytest.fixture
+def sim(site: SiteConfig) -> Iterator[Any]:
+    """The virtual building serving ``site`` over loopback, in a thread of its own."""
+    from eaio.sim.runner import SimThread
+
+    with SimThread(site) as running:
+        yield running
