@@ -8,6 +8,7 @@ file and the field path, e.g. ``devices[2].points[5].address.register``. Environ
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
@@ -222,7 +223,7 @@ def check(cfg: SiteConfig) -> list[tuple[str, str]]:
             )
         for (unit, table), spans in used.items():
             spans.sort()
-            for (s0, e0, p0), (s1, _e1, p1) in zip(spans, spans[1:], strict=False):
+            for (s0, e0, p0), (s1, _e1, p1) in itertools.pairwise(spans):
                 if s1 <= e0:
                     problems.append((
                         f"devices[{di}].points[{p1}].address.register",

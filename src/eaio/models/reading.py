@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-__all__ = ["Quality", "Reason", "Reading", "Value", "utcnow"]
+__all__ = ["Quality", "Reading", "Reason", "Value", "utcnow"]
 
 Value = bool | int | float
 
