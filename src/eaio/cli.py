@@ -65,7 +65,11 @@ def sim_fault(
     """Inject or clear a fault in a running virtual building."""
     from .sim.control import send_fault
 
-    typer.echo(send_fault(control, spec))
+    try:
+        typer.echo(send_fault(control, spec))
+    except (ValueError, ConnectionError) as e:
+        err.print(f"[red]sim-fault:[/red] {e}", markup=True, highlight=False)
+        raise typer.Exit(1) from None
 
 
 @app.command()

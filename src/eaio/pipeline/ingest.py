@@ -1,0 +1,301 @@
+"""The ingest loop: poll every device, validate, store in batches. Never through MCP or an LLM.
+
+One asyncio task per (device, poll interval) group, so a slow or dead device never delays the
+others; a tick that comes while the previous poll still runs is skipped, not queued. Polled
+readings go through the validator into a pending queue that one writer task drains in batches
+of ``cfg.ingest.batch_size``. When the store fails, the batch goes back to the queue (bounded:
+the oldest readings are dropped first, and counted) and is retried on the next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Self
+
+from pydantic import BaseModel, Field
+
+from ..config import SiteConfig
+from ..models import Point, Quality, Reading, Reason, utcnow
+from ..protocol_adapters import Adapter, build_adapter
+from .base import Store
+from .sqlite import SqliteStore
+from .validate import QualityValidator, StaleState
+
+__all__ = ["DeviceStats", "Ingest", "IngestStats", "run_ingest"]
+
+log = logging.getLogger("eaio.ingest")
+
+MIN_READ_GUARD_S = 10.0  # an adapter read that hangs longer than this (or N polls) becomes comm_failure data
+MIN_BACKLOG = 100_000
+
+
+class DeviceStats(BaseModel):
+    device_id: str
+    protocol: str
+    polls: int = 0
+    failed_polls: int = 0
+    skipped_ticks: int = Field(default=0, description="Ticks skipped because the previous poll still ran")
+    last_poll: datetime | None = None
+    last_ok: bool | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+
+
+class IngestStats(BaseModel):
+    started_at: datetime | None = None
+    readings_stored: int = 0
+    bad_stored: int = 0
+    store_errors: int = 0
+    last_store_error: str | None = None
+    backlog: int = Field(default=0, description="Readings waiting for the store")
+    dropped: int = Field(default=0, description="Readings lost because the backlog was full")
+    devices: dict[str, DeviceStats] = Field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class PollGroup:
+    """The points of one device that share one poll interval."""
+
+    protocol: str
+    device_id: str
+    interval_s: float
+    points: list[Point]
+
+
+def poll_groups(cfg: SiteConfig) -> list[PollGroup]:
+    groups: dict[tuple[str, float], PollGroup] = {}
+    for dev in cfg.devices:
+        for p in dev.points:
+            interval = p.poll_interval_s or dev.poll_interval_s
+            key = (dev.id, interval)
+            if key not in groups:
+                groups[key] = PollGroup(protocol=dev.protocol, device_id=dev.id, interval_s=interval, points=[])
+            groups[key].points.append(p)
+    return list(groups.values())
+
+
+def failed_readings(points: Sequence[Point], detail: str) -> list[Reading]:
+    """Bad readings for points whose read did not complete, as an adapter reports a dead device."""
+    now = utcnow()
+    return [
+        Reading(point_id=p.id, value=None, unit=p.unit, ts=now, quality=Quality.BAD,
+                reasons=[Reason.COMM_FAILURE.value], device_id=p.device_id or None, detail=detail)
+        for p in points
+    ]
+
+
+class Ingest:
+    """``async with Ingest(cfg) as ingest:`` polls until the block exits; ``ingest.stats()`` any time.
+
+    ``store`` may be given (its lifetime is then the caller's); otherwise the configured
+    SQLite store is opened and closed here.
+    """
+
+    def __init__(self, cfg: SiteConfig, *, store: Store | None = None, backlog_limit: int | None = None) -> None:
+        self.cfg = cfg
+        self.store: Store | None = store
+        self._validator = QualityValidator.from_config(cfg)
+        self._stale = StaleState()
+        self._groups = poll_groups(cfg)
+        self._batch = cfg.ingest.batch_size
+        self._backlog_limit = backlog_limit or max(MIN_BACKLOG, 10 * self._batch)
+        self._retry_s = min([1.0, *(g.interval_s for g in self._groups)])
+        self._pending: deque[Reading] = deque()
+        self._adapters: dict[str, Adapter] = {}
+        self._stack = AsyncExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._closing = False
+        self._stats = IngestStats(devices={
+            d.id: DeviceStats(device_id=d.id, protocol=d.protocol) for d in cfg.devices
+        })
+
+    # -- lifetime --------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        try:
+            if self.store is None:
+                self.store = await self._stack.enter_async_context(SqliteStore.from_config(self.cfg))
+            for proto in self.cfg.protocols():
+                adapter = build_adapter(proto, self.cfg.devices_for(proto))
+                self._adapters[proto] = await self._stack.enter_async_context(adapter)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self._wake = asyncio.Event()
+        self._stats.started_at = utcnow()
+        self._writer = asyncio.create_task(self._write_loop(), name="ingest-writer")
+        for g in self._groups:
+            task = asyncio.create_task(self._poll_loop(g), name=f"ingest-poll-{g.device_id}-{g.interval_s:g}s")
+            self._tasks.append(task)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        try:
+            # The writer is not cancelled mid-transaction (the thread would commit a batch we had
+            # lost track of): it is told to make one last flush and return.
+            if self._writer is not None and self._wake is not None:
+                self._closing = True
+                self._wake.set()
+                await asyncio.gather(self._writer, return_exceptions=True)
+                self._writer = None
+        finally:
+            await self._stack.aclose()
+        if self._pending:
+            log.warning("ingest stopped with %d readings not stored", len(self._pending))
+
+    def stats(self) -> IngestStats:
+        s = self._stats.model_copy(deep=True)
+        s.backlog = len(self._pending)
+        return s
+
+    # -- polling ---------------------------------------------------------------------------
+    async def _poll_loop(self, group: PollGroup) -> None:
+        adapter = self._adapters[group.protocol]
+        loop = asyncio.get_running_loop()
+        interval = group.interval_s
+        due = loop.time()
+        while True:
+            try:
+                await self.poll_once(adapter, group)
+            except Exception:  # a bug past the adapter must not end this device's polling for good
+                log.exception("poll of %s failed", group.device_id)
+            due += interval
+            now = loop.time()
+            if now >= due:  # the poll overran: skip the missed ticks rather than catching up
+                missed = int((now - due) // interval) + 1
+                due += missed * interval
+                self._stats.devices[group.device_id].skipped_ticks += missed
+            await asyncio.sleep(due - now)
+
+    async def poll_once(self, adapter: Adapter, group: PollGroup) -> list[Reading]:
+        """Read one group, validate it and queue it for the store. Never raises for a device failure."""
+        guard = max(MIN_READ_GUARD_S, group.interval_s * self.cfg.ingest.stale_after_polls)
+        try:
+            async with asyncio.timeout(guard):
+                readings = await adapter.read(group.points)
+        except TimeoutError:
+            readings = failed_readings(group.points, f"timeout: {group.device_id} read took over {guard:g} s")
+        except Exception as err:  # an adapter bug must not stop this device's polling, nor the others'
+            log.exception("read of %s failed unexpectedly", group.device_id)
+            readings = failed_readings(group.points, f"protocol_error: {type(err).__name__}: {err}")
+        self._validator.validate(readings, utcnow(), self._stale)
+        self._note_poll(group.device_id, readings)
+        self._enqueue(readings)
+        return readings
+
+    def _note_poll(self, device_id: str, readings: list[Reading]) -> None:
+        ds = self._stats.devices[device_id]
+        ds.polls += 1
+        ds.last_poll = utcnow()
+        failure = next((r for r in readings if Reason.COMM_FAILURE in r.reasons), None)
+        if failure is None:
+            if ds.last_ok is False:
+                log.info("device %s answers again", device_id)
+            ds.last_ok = True
+            return
+        if ds.last_ok is not False:
+            log.warning("device %s failed: %s", device_id, failure.detail or "comm_failure")
+        ds.failed_polls += 1
+        ds.last_ok = False
+        ds.last_error = failure.detail or Reason.COMM_FAILURE.value
+        ds.last_error_at = ds.last_poll
+
+    # -- storing ---------------------------------------------------------------------------
+    def _enqueue(self, readings: list[Reading]) -> None:
+        self._pending.extend(readings)
+        self._trim()
+        if self._wake is not None:
+            self._wake.set()
+
+    def _trim(self) -> None:
+        over = len(self._pending) - self._backlog_limit
+        if over > 0:
+            for _ in range(over):
+                self._pending.popleft()
+            self._stats.dropped += over
+            log.warning("store backlog full (%d readings): dropped the %d oldest", self._backlog_limit, over)
+
+    async def _write_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            ok = await self._flush()
+            if self._closing:
+                return
+            if not ok:
+                # Readings polled meanwhile set the event again, so this retries on the next tick.
+                await asyncio.sleep(self._retry_s)
+
+    async def _flush(self) -> bool:
+        """Write the pending readings in batches; False when the store failed (they stay pending)."""
+        assert self.store is not None
+        while self._pending:
+            n = min(self._batch, len(self._pending))
+            batch = [self._pending.popleft() for _ in range(n)]
+            try:
+                await self.store.write(batch)
+            except Exception as err:  # StoreError or worse: keep the batch, keep polling
+                self._pending.extendleft(reversed(batch))
+                self._trim()
+                self._stats.store_errors += 1
+                self._stats.last_store_error = str(err)
+                log.warning("store write of %d readings failed (%d pending): %s", n, len(self._pending), err)
+                return False
+            self._stats.readings_stored += n
+            self._stats.bad_stored += sum(1 for r in batch if r.quality == Quality.BAD)
+        return True
+
+
+def summary(stats: IngestStats, elapsed_s: float) -> str:
+    """The one line ``eaio ingest`` logs when it stops."""
+    devices = ", ".join(
+        f"{d.device_id} {'ok' if d.last_ok else 'never polled' if d.last_ok is None else 'failing'}"
+        f" ({d.polls} polls, {d.failed_polls} failed)"
+        for d in stats.devices.values()
+    )
+    return (
+        f"ingest stopped after {elapsed_s:.1f} s: {stats.readings_stored} readings stored "
+        f"({stats.bad_stored} bad), {stats.store_errors} store errors, {stats.backlog} not stored, "
+        f"{stats.dropped} dropped; devices: {devices or 'none'}"
+    )
+
+
+async def run_ingest(cfg: SiteConfig, duration: float | None = None) -> IngestStats:
+    """Run ingest until ``duration`` seconds pass or SIGINT/SIGTERM; log a summary line at the end."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    started = time.monotonic()
+    try:
+        async with Ingest(cfg) as ingest:
+            log.info("ingest started: %d devices, %d points -> %s", len(cfg.devices), len(cfg.points()),
+                     cfg.sqlite_path())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), duration)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    stats = ingest.stats()
+    log.info("%s", summary(stats, time.monotonic() - started))
+    return stats

@@ -1,0 +1,7 @@
+"""One face per field protocol; each serves the simulation's values on the wire."""
+
+from __future__ import annotations
+
+from .modbus import ModbusFace
+
+__all__ = ["ModbusFace"]

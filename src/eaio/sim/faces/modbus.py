@@ -1,0 +1,243 @@
+"""The Modbus TCP face of one simulated device: a pymodbus server over the sim's values.
+
+Each configured point keeps a register image (encoded with the same codec the adapter uses).
+Reads copy the images into pymodbus' memory inside the SimDevice ``action`` hook; writes are
+decoded per point and handed to the simulation. Addresses that no point covers answer
+ILLEGAL_ADDRESS. Going offline closes the listener *and* every established connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
+
+from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from ...errors import ConnectionFailed
+from ...models import ModbusDevice, ModbusPoint
+from ...protocol_adapters import modbus_codec
+
+__all__ = ["ModbusFace"]
+
+log = logging.getLogger(__name__)
+
+Value = float | int | bool
+# Function code -> table, as pymodbus' runtime maps them.
+_TABLE_OF_FC = {1: "coil", 5: "coil", 15: "coil", 2: "discrete", 4: "input", 3: "holding", 6: "holding", 16: "holding",
+                22: "holding", 23: "holding"}
+_TABLES = ("coil", "discrete", "holding", "input")
+_INT_RANGE = {"int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1), "int32": (-(2**31), 2**31 - 1),
+              "uint32": (0, 2**32 - 1)}
+_FMT = {"float32": ">f", "float64": ">d"}
+
+
+def encode_served(addr_point: ModbusPoint, value: Value) -> list[int] | None:
+    """Registers for a served value. Out-of-range integers are clamped, as a device saturates
+    its register; non-finite floats are packed as-is. None only if nothing sensible exists."""
+    addr = addr_point.address
+    try:
+        return modbus_codec.encode(addr, value)
+    except (ValueError, TypeError, OverflowError):
+        pass
+    try:
+        raw = (float(value) - addr.offset) / addr.scale
+    except (TypeError, ValueError):
+        return None
+    if addr.type in _INT_RANGE:
+        if not math.isfinite(raw):
+            return None
+        lo, hi = _INT_RANGE[addr.type]
+        return modbus_codec.encode(addr, min(hi, max(lo, round(raw))) * addr.scale + addr.offset)
+    data = struct.pack(_FMT[addr.type], raw)
+    words = [data[i : i + 2] for i in range(0, len(data), 2)]
+    if addr.word_order == "little":
+        words.reverse()
+    if addr.byte_order == "little":
+        words = [w[::-1] for w in words]
+    return [int.from_bytes(w, "big") for w in words]
+
+
+class _UnitMap:
+    """Which point owns each address of each table, for one unit id."""
+
+    def __init__(self, points: list[ModbusPoint]) -> None:
+        self.owner: dict[str, dict[int, tuple[ModbusPoint, int]]] = {t: {} for t in _TABLES}
+        for p in points:
+            for i in range(p.address.count):
+                self.owner[p.address.table][p.address.register + i] = (p, i)
+
+    def simdata(self, table: str) -> list[SimData]:
+        owned = sorted(self.owner[table])
+        if table in ("coil", "discrete"):
+            # pymodbus wants at least one entry per table; an uncovered one is refused by our action
+            return [SimData(a, values=[False], datatype=DataType.BITS) for a in owned] or [
+                SimData(0, values=[False], datatype=DataType.BITS)
+            ]
+        return [SimData(a, values=0, datatype=DataType.REGISTERS) for a in owned] or [
+            SimData(0, values=0, datatype=DataType.REGISTERS)
+        ]
+
+
+class ModbusFace:
+    """Serves one ModbusDevice on its connection host:port until stopped or taken offline."""
+
+    def __init__(
+        self,
+        device: ModbusDevice,
+        on_write: Callable[[str, Value], None],
+    ) -> None:
+        self.device = device
+        self.on_write = on_write
+        self.requests = 0
+        self.images: dict[str, list[int]] = {}
+        by_unit: dict[int, list[ModbusPoint]] = defaultdict(list)
+        for p in device.points:
+            by_unit[p.address.unit if p.address.unit is not None else device.connection.unit].append(p)
+        self.units = {u: _UnitMap(pts) for u, pts in by_unit.items()}
+        self._server: ModbusTcpServer | None = None
+
+    @property
+    def host(self) -> str:
+        return self.device.connection.host
+
+    @property
+    def port(self) -> int:
+        return self.device.connection.port
+
+    @property
+    def online(self) -> bool:
+        return self._server is not None
+
+    # -- values -------------------------------------------------------------------------------
+    def refresh(self, served: dict[str, Value]) -> None:
+        """Re-encode every point's register image from the values the sim serves now."""
+        for p in self.device.points:
+            if p.id in served and (regs := encode_served(p, served[p.id])) is not None:
+                self.images[p.id] = regs
+            else:
+                self.images.setdefault(p.id, [0] * p.address.count)
+
+    # -- lifetime -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Listen; returns once the port accepts connections."""
+        if self._server is not None:
+            return
+        devices = [
+            SimDevice(
+                unit,
+                simdata=tuple(umap.simdata(t) for t in _TABLES),  # type: ignore[arg-type]
+                action=partial(self._action, umap),
+            )
+            for unit, umap in self.units.items()
+        ]
+        server = ModbusTcpServer(devices, address=(self.host, self.port), trace_pdu=self._trace_pdu)
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as err:
+            server.close()
+            raise ConnectionFailed(
+                f"sim {self.device.id}: cannot listen on {self.host}:{self.port} (port in use?)"
+            ) from err
+        self._server = server
+
+    def stop(self) -> None:
+        """Stop answering now: close the listener and every established connection."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()  # pymodbus closes the listener and each active connection's transport
+
+    # -- pymodbus hooks -----------------------------------------------------------------------
+    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        if sending:
+            return pdu
+        self.requests += 1
+        # Check coverage here, where the request's exact bit count is known (the action hook
+        # only sees whole 16-bit words for coils and discrete inputs).
+        if (refusal := self._refusal(pdu)) is not None:
+            code = refusal
+
+            async def refuse(*_: object) -> ModbusPDU:
+                return ExceptionResponse(pdu.function_code, code)
+
+            pdu.datastore_update = refuse  # type: ignore[method-assign]
+        return pdu
+
+    def _refusal(self, pdu: ModbusPDU) -> ExcCodes | None:
+        table = _TABLE_OF_FC.get(pdu.function_code)
+        if table is None or pdu.function_code in (22, 23):
+            return None  # pymodbus answers what it does not support itself
+        umap = self.units.get(pdu.dev_id)
+        if umap is None:
+            return ExcCodes.GATEWAY_NO_RESPONSE  # no such unit behind this address
+        count = 1 if pdu.function_code in (5, 6) else int(getattr(pdu, "count", 1) or 1)
+        owners = umap.owner[table]
+        if any(a not in owners for a in range(pdu.address, pdu.address + count)):
+            return ExcCodes.ILLEGAL_ADDRESS
+        return None
+
+    async def _action(
+        self,
+        umap: _UnitMap,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        table = _TABLE_OF_FC.get(function_code)
+        if table is None:
+            return ExcCodes.ILLEGAL_FUNCTION
+        owners = umap.owner[table]
+        bits = table in ("coil", "discrete")
+        span = len(set_values) if set_values else count  # for bits, count is in 16-bit words
+        if not bits and any(a not in owners for a in range(address, address + span)):
+            return ExcCodes.ILLEGAL_ADDRESS
+        if set_values:
+            return self._write(owners, address, list(set_values))
+        if bits:
+            self._fill_bits(owners, start_address, address // 16, count, registers)
+        else:
+            for a in range(address, address + count):
+                point, i = owners[a]
+                registers[a - start_address] = self.images.get(point.id, [0] * point.address.count)[i]
+        return None
+
+    def _fill_bits(
+        self,
+        owners: dict[int, tuple[ModbusPoint, int]],
+        start_reg: int,
+        first_reg: int,
+        words: int,
+        registers: list[int],
+    ) -> None:
+        # pymodbus packs bits 16 to a register, bit 0 first, registers counted from start_reg.
+        for a, (point, _) in owners.items():
+            if not first_reg <= a // 16 < first_reg + words:
+                continue
+            ri, mask = a // 16 - start_reg, 1 << (a % 16)
+            if self.images.get(point.id, [0])[0]:
+                registers[ri] |= mask
+            else:
+                registers[ri] &= ~mask
+
+    def _write(self, owners: dict[int, tuple[ModbusPoint, int]], address: int, values: list[int] | list[bool]) -> None:
+        touched: dict[str, tuple[ModbusPoint, list[int]]] = {}
+        for offset, raw in enumerate(values):
+            point, i = owners[address + offset]
+            if point.id not in touched:
+                touched[point.id] = (point, list(self.images.get(point.id, [0] * point.address.count)))
+            touched[point.id][1][i] = int(raw)
+        for pid, (point, regs) in touched.items():
+            self.images[pid] = regs
+            value = modbus_codec.decode(point.address, regs)
+            log.debug("sim %s: client wrote %s = %r", self.device.id, pid, value)
+            self.on_write(pid, value)
+        return None
