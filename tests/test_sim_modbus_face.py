@@ -104,16 +104,33 @@ async def test_request_count_counts_requests_on_the_wire(sim: SimThread) -> None
     assert sim.request_count("main-meter") == 0
 
 
-async def test_uncovered_addresses_are_illegal(sim: SimThread) -> None:
+async def test_gaps_read_as_zero_and_outside_the_map_is_illegal(sim: SimThread) -> None:
     async with client(sim.ports["zones-ctrl"]) as c:
-        rr = await c.read_input_registers(4, count=1, device_id=1)  # between zone1.reheat and zone2.temp
-        assert rr.isError()
-        assert rr.exception_code == 2
-        rr = await c.read_discrete_inputs(0, count=3, device_id=1)  # bit 2 belongs to nobody
-        assert rr.isError()
-        assert rr.exception_code == 2
-        rr = await c.read_input_registers(0, count=4, device_id=1)  # a block of covered ones is fine
+        rr = await c.read_input_registers(0, count=12, device_id=1)  # zone1 block, a gap, zone2.temp
         assert not rr.isError()
+        assert rr.registers[4:10] == [0] * 6  # unmapped registers inside the table's block
+        rr = await c.read_discrete_inputs(0, count=3, device_id=1)  # bit 2 belongs to nobody: reads False
+        assert not rr.isError()
+        assert rr.bits[2] is False
+        rr = await c.read_input_registers(30, count=1, device_id=1)  # past the last mapped register
+        assert rr.isError()
+        assert rr.exception_code == 2
+        rr = await c.write_register(5, 1, device_id=1)  # a write must land on a mapped register
+        assert rr.isError()
+        assert rr.exception_code == 2
+
+
+async def test_strict_device_refuses_reads_through_gaps(site_file: Callable[..., Path]) -> None:
+    cfg = load_config(site_file(sim={"strict_gaps": ["zones-ctrl"], "control_port": None}))
+    with SimThread(cfg) as strict:
+        async with client(strict.ports["zones-ctrl"]) as c:
+            rr = await c.read_input_registers(4, count=1, device_id=1)  # between zone1.reheat and zone2.temp
+            assert rr.isError()
+            assert rr.exception_code == 2
+            rr = await c.read_discrete_inputs(0, count=3, device_id=1)
+            assert rr.isError()
+            rr = await c.read_input_registers(0, count=4, device_id=1)  # a block of mapped ones is fine
+            assert not rr.isError()
 
 
 async def test_offline_drops_connections_and_recovers(sim: SimThread) -> None:

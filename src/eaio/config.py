@@ -115,6 +115,11 @@ class SimSettings(_Strict):
         default=4_294_967_295 - 20_000, ge=0, le=4_294_967_295, description="Initial 32-bit energy counter"
     )
     faults: list[SimFaultSpec] = Field(default_factory=list)
+    strict_gaps: list[str] = Field(
+        default_factory=list,
+        description="Devices whose faces refuse reads through unmapped registers (as some real devices do); "
+        "the others serve each table as one block from its lowest to its highest mapped register",
+    )
 
 
 class SiteConfig(BaseSettings):

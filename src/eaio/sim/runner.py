@@ -61,7 +61,10 @@ class Simulation:
         self.faults = FaultBook()
         for spec in [*cfg.sim.faults, *faults]:
             self.faults.add(spec)
-        self.faces = {d.id: ModbusFace(d, self._client_write) for d in cfg.devices_for("modbus")}
+        self.faces = {
+            d.id: ModbusFace(d, self._client_write, strict_gaps=d.id in cfg.sim.strict_gaps)
+            for d in cfg.devices_for("modbus")
+        }
         self.served: dict[str, Value] = {}
         self.step = 0
         self.elapsed = 0.0  # sim seconds since start

@@ -72,17 +72,23 @@ class _UnitMap:
         for p in points:
             for i in range(p.address.count):
                 self.owner[p.address.table][p.address.register + i] = (p, i)
+        # Like most PLCs, a table is one block of memory from its lowest to its highest mapped
+        # address: unmapped registers inside it read as 0; outside it, addresses are illegal.
+        self.span = {t: (min(o), max(o)) if o else (0, -1) for t, o in self.owner.items()}
+
+    def readable(self, table: str, address: int, count: int, strict: bool) -> bool:
+        if strict:
+            return all(a in self.owner[table] for a in range(address, address + count))
+        lo, hi = self.span[table]
+        return lo <= address and address + count - 1 <= hi
 
     def simdata(self, table: str) -> list[SimData]:
-        owned = sorted(self.owner[table])
+        lo, hi = self.span[table]
+        if hi < lo:  # pymodbus wants one entry per table; an empty table is refused by our hooks
+            lo, hi = 0, 0
         if table in ("coil", "discrete"):
-            # pymodbus wants at least one entry per table; an uncovered one is refused by our action
-            return [SimData(a, values=[False], datatype=DataType.BITS) for a in owned] or [
-                SimData(0, values=[False], datatype=DataType.BITS)
-            ]
-        return [SimData(a, values=0, datatype=DataType.REGISTERS) for a in owned] or [
-            SimData(0, values=0, datatype=DataType.REGISTERS)
-        ]
+            return [SimData(lo, values=[False] * (hi - lo + 1), datatype=DataType.BITS)]
+        return [SimData(lo, count=hi - lo + 1, values=0, datatype=DataType.REGISTERS)]
 
 
 class ModbusFace:
@@ -92,8 +98,11 @@ class ModbusFace:
         self,
         device: ModbusDevice,
         on_write: Callable[[str, Value], None],
+        *,
+        strict_gaps: bool = False,
     ) -> None:
         self.device = device
+        self.strict_gaps = strict_gaps
         self.on_write = on_write
         self.requests = 0
         self.images: dict[str, list[int]] = {}
@@ -177,8 +186,9 @@ class ModbusFace:
         if umap is None:
             return ExcCodes.GATEWAY_NO_RESPONSE  # no such unit behind this address
         count = 1 if pdu.function_code in (5, 6) else int(getattr(pdu, "count", 1) or 1)
-        owners = umap.owner[table]
-        if any(a not in owners for a in range(pdu.address, pdu.address + count)):
+        writing = pdu.function_code in (5, 6, 15, 16)
+        # Writes must land on mapped addresses only; reads may cross gaps unless strict.
+        if not umap.readable(table, pdu.address, count, strict=self.strict_gaps or writing):
             return ExcCodes.ILLEGAL_ADDRESS
         return None
 
@@ -198,7 +208,7 @@ class ModbusFace:
         owners = umap.owner[table]
         bits = table in ("coil", "discrete")
         span = len(set_values) if set_values else count  # for bits, count is in 16-bit words
-        if not bits and any(a not in owners for a in range(address, address + span)):
+        if not bits and not umap.readable(table, address, span, strict=self.strict_gaps or bool(set_values)):
             return ExcCodes.ILLEGAL_ADDRESS
         if set_values:
             return self._write(owners, address, list(set_values))
@@ -206,7 +216,11 @@ class ModbusFace:
             self._fill_bits(owners, start_address, address // 16, count, registers)
         else:
             for a in range(address, address + count):
-                point, i = owners[a]
+                owner = owners.get(a)
+                if owner is None:
+                    registers[a - start_address] = 0  # an unmapped register inside the block
+                    continue
+                point, i = owner
                 registers[a - start_address] = self.images.get(point.id, [0] * point.address.count)[i]
         return None
 
