@@ -49,3 +49,11 @@ def test_scaled_value_has_no_float_noise() -> None:
 def test_unrepresentable_values_are_refused(kw: dict[str, object], value: float) -> None:
     with pytest.raises(ValueError, match="outside"):
         encode(addr(**kw), value)
+
+
+def test_saturate_clamps_integers_as_a_device_register_would() -> None:
+    a = addr(type="int16", scale=0.1)
+    assert encode(a, 5000.0, saturate=True) == [0x7FFF]
+    assert encode(a, -5000.0, saturate=True) == [0x8000]
+    with pytest.raises(ValueError, match="finite"):
+        encode(a, float("nan"), saturate=True)

@@ -24,31 +24,41 @@ _INT_RANGE = {
 }
 
 
-def to_raw(addr: ModbusAddress, value: float | int | bool) -> int | float | bool:
+def to_raw(addr: ModbusAddress, value: float | int | bool, *, saturate: bool = False) -> int | float | bool:
     """The raw number a value becomes after undoing scale and offset. Raises ValueError if it
-    cannot be represented by the address's type."""
+    cannot be represented by the address's type, unless ``saturate``: then integers clamp to
+    the type's range and floats pass as they are, as a device's own register would behave."""
     if addr.type == "bool":
         return bool(value)
     raw = (float(value) - addr.offset) / addr.scale
-    if not math.isfinite(raw):
-        raise ValueError(f"{value!r} is not a finite number")
     if addr.type in _INT_RANGE:
+        if not math.isfinite(raw):
+            raise ValueError(f"{value!r} is not a finite number")
         lo, hi = _INT_RANGE[addr.type]
         raw_int = round(raw)
+        if saturate:
+            return min(hi, max(lo, raw_int))
         if not lo <= raw_int <= hi:
             raise ValueError(f"{value!r} needs raw {raw_int}, outside {addr.type} range {lo}..{hi}")
         return raw_int
+    if saturate:
+        return raw
+    if not math.isfinite(raw):
+        raise ValueError(f"{value!r} is not a finite number")
     if addr.type == "float32" and abs(raw) > 3.4028234e38:
         raise ValueError(f"{value!r} does not fit a float32")
     return raw
 
 
-def encode(addr: ModbusAddress, value: float | int | bool) -> list[int]:
+def encode(addr: ModbusAddress, value: float | int | bool, *, saturate: bool = False) -> list[int]:
     """Registers (16-bit ints) for a value, in wire order. Bool points give ``[0]`` or ``[1]``."""
-    raw = to_raw(addr, value)
+    raw = to_raw(addr, value, saturate=saturate)
     if addr.type == "bool":
         return [1 if raw else 0]
-    data = struct.pack(">" + _FMT[addr.type], raw)
+    try:
+        data = struct.pack(">" + _FMT[addr.type], raw)
+    except (struct.error, OverflowError) as err:  # a float beyond float32, when saturating
+        raise ValueError(f"{value!r} does not fit a {addr.type}") from err
     words = [data[i : i + 2] for i in range(0, len(data), 2)]
     if addr.word_order == "little":
         words.reverse()

@@ -8,12 +8,12 @@ ILLEGAL_ADDRESS. Going offline closes the listener *and* every established conne
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import math
-import struct
 from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
@@ -33,35 +33,15 @@ Value = float | int | bool
 _TABLE_OF_FC = {1: "coil", 5: "coil", 15: "coil", 2: "discrete", 4: "input", 3: "holding", 6: "holding", 16: "holding",
                 22: "holding", 23: "holding"}
 _TABLES = ("coil", "discrete", "holding", "input")
-_INT_RANGE = {"int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1), "int32": (-(2**31), 2**31 - 1),
-              "uint32": (0, 2**32 - 1)}
-_FMT = {"float32": ">f", "float64": ">d"}
 
 
-def encode_served(addr_point: ModbusPoint, value: Value) -> list[int] | None:
-    """Registers for a served value. Out-of-range integers are clamped, as a device saturates
-    its register; non-finite floats are packed as-is. None only if nothing sensible exists."""
-    addr = addr_point.address
+def encode_served(point: ModbusPoint, value: Value) -> list[int] | None:
+    """Registers for a served value. Out-of-range integers saturate, as a device's register
+    does; None only when the value cannot be encoded at all (e.g. NaN in an integer)."""
     try:
-        return modbus_codec.encode(addr, value)
-    except (ValueError, TypeError, OverflowError):
-        pass
-    try:
-        raw = (float(value) - addr.offset) / addr.scale
-    except (TypeError, ValueError):
+        return modbus_codec.encode(point.address, value, saturate=True)
+    except (ValueError, TypeError):
         return None
-    if addr.type in _INT_RANGE:
-        if not math.isfinite(raw):
-            return None
-        lo, hi = _INT_RANGE[addr.type]
-        return modbus_codec.encode(addr, min(hi, max(lo, round(raw))) * addr.scale + addr.offset)
-    data = struct.pack(_FMT[addr.type], raw)
-    words = [data[i : i + 2] for i in range(0, len(data), 2)]
-    if addr.word_order == "little":
-        words.reverse()
-    if addr.byte_order == "little":
-        words = [w[::-1] for w in words]
-    return [int.from_bytes(w, "big") for w in words]
 
 
 class _UnitMap:
@@ -159,8 +139,15 @@ class ModbusFace:
     def stop(self) -> None:
         """Stop answering now: close the listener and every established connection."""
         server, self._server = self._server, None
-        if server is not None:
-            server.close()  # pymodbus closes the listener and each active connection's transport
+        if server is None:
+            return
+        conns = list(server.active_connections.values())
+        server.close()  # pymodbus closes the listener and each connection that has a transport
+        # A connection accepted just before close() gets its transport only when asyncio calls
+        # connection_made a moment later, so pymodbus cannot close it then; close such late ones.
+        loop = asyncio.get_running_loop()
+        for delay in (0.0, 0.05, 0.25, 1.0):
+            loop.call_later(delay, _close_late, server, conns)
 
     # -- pymodbus hooks -----------------------------------------------------------------------
     def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
@@ -255,3 +242,10 @@ class ModbusFace:
             log.debug("sim %s: client wrote %s = %r", self.device.id, pid, value)
             self.on_write(pid, value)
         return None
+
+
+def _close_late(server: ModbusTcpServer, conns: list[Any]) -> None:
+    for conn in [*conns, *server.active_connections.values()]:
+        if conn.transport is not None:
+            conn.transport.close()
+            conn.transport = None

@@ -1,0 +1,7 @@
+"""One MCP server per protocol, all built from one shared tool set (``tools``)."""
+
+from .app import build_server, run_server
+from .service import CoreService
+from .tools import ToolName
+
+__all__ = ["CoreService", "ToolName", "build_server", "run_server"]
