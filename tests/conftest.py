@@ -46,6 +46,8 @@ def site_file(tmp_path: Path) -> Callable[..., Path]:
                 dev.setdefault("connection", {})["port"] = free_port()
         raw["data_dir"] = str(tmp_path / "data")
         raw["sim"]["control_port"] = None
+        for server in raw.get("servers", {}).values():
+            server["port"] = free_port()
         for key, value in changes.items():
             if isinstance(value, dict) and isinstance(raw.get(key), dict):
                 raw[key].update(value)

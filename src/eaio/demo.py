@@ -9,12 +9,12 @@ with it if it is killed outright, so nothing is ever orphaned.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -25,11 +25,14 @@ from typing import IO
 
 from rich.console import Console
 
+from .agents.records import Records
+from .agents.runtime import agent_db_path
 from .config import SiteConfig
+from .pipeline.sqlite import SqliteStore, StoreCounts
 
 __all__ = ["run_demo"]
 
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)
 STOP_GRACE_S = 10.0
 STARTUP_TIMEOUT_S = 30.0
 
@@ -102,32 +105,28 @@ def _busy_ports(cfg: SiteConfig, mcp_port: int) -> list[str]:
     return [f"{name} ({host}:{port})" for name, host, port in wanted if _port_open(host, port)]
 
 
-def _count(db: Path, sql: str) -> int:
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            return int(conn.execute(sql).fetchone()[0])
-    except sqlite3.Error:
-        return 0  # the table may not exist yet early in the run
-
-
 def _summary(cfg: SiteConfig) -> dict[str, object]:
-    store, agent_db = cfg.sqlite_path(), cfg.data_dir / "agent.db"
-    recs: list[str] = []
+    """What the run produced, read through the store's and the records' own query APIs."""
+    counts, points = asyncio.run(_store_counts(cfg))
+    messages: list[str] = []
+    agent_db = agent_db_path(cfg)
     if agent_db.exists():
-        with sqlite3.connect(f"file:{agent_db}?mode=ro", uri=True, timeout=5) as conn:
-            try:
-                recs = [r[0] for r in conn.execute("SELECT message FROM recommendations ORDER BY first_seen")]
-            except sqlite3.Error:
-                recs = []
+        with Records(agent_db) as records:
+            messages = [r.recommendation.message for r in records.list_recommendations(status=None)]
     return {
-        "readings_stored": _count(store, "SELECT COUNT(*) FROM readings"),
-        "bad_readings": _count(store, "SELECT COUNT(*) FROM readings WHERE quality = 'bad'"),
-        "points_seen": _count(store, "SELECT COUNT(DISTINCT point_id) FROM readings"),
-        "recommendations": len(recs),
-        "recommendation_messages": recs,
+        "readings_stored": counts.total,
+        "bad_readings": counts.bad,
+        "points_seen": points,
+        "recommendations": len(messages),
+        "recommendation_messages": messages,
     }
+
+
+async def _store_counts(cfg: SiteConfig) -> tuple[StoreCounts, int]:
+    if not cfg.sqlite_path().exists():
+        return StoreCounts(), 0
+    async with SqliteStore.from_config(cfg) as store:
+        return await store.counts(), len(await store.latest())
 
 
 def _children(cfg: SiteConfig, mcp_port: int) -> list[Child]:
@@ -218,7 +217,7 @@ def _where(cfg: SiteConfig, mcp_port: int) -> None:
         out.print(f"  sim control      http://127.0.0.1:{cfg.sim.control_port}/state")
     out.print(f"  MCP server       http://127.0.0.1:{mcp_port}/mcp  (streamable HTTP; add it to your MCP client)")
     out.print(f"  store            {cfg.sqlite_path()}")
-    out.print(f"  agent records    {cfg.data_dir / 'agent.db'}")
+    out.print(f"  agent records    {agent_db_path(cfg)}")
     out.print(f"  write audit      {cfg.audit_path('modbus')}")
     out.print(f"  logs             {cfg.data_dir / 'logs'}/")
     out.print("  Ctrl-C stops everything.")

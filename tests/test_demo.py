@@ -1,0 +1,72 @@
+"""`eaio demo` end to end: every part as its own process, against the virtual building."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from eaio.config import load_config
+
+pytestmark = pytest.mark.slow
+
+
+def _eaio_children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_a_twenty_second_demo_stores_readings_and_advises(site_file: Callable[..., Path]) -> None:
+    path = site_file()
+    cfg = load_config(path)
+    res = subprocess.run(
+        [sys.executable, "-m", "eaio", "demo", "--config", str(path), "--duration", "20"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    stored = re.search(r"readings stored\s+(\d+) \((\d+) points\)", out)
+    assert stored, out
+    # Every point of the demo building was read, more than once (devices poll every 5-10 s).
+    assert int(stored.group(2)) == len(cfg.points())
+    assert int(stored.group(1)) > len(cfg.points())
+    assert re.search(r"bad readings\s+0\b", out), out
+    recs = int(re.search(r"recommendations\s+(\d+)", out.split("summary")[1]).group(1))  # type: ignore[union-attr]
+    assert recs >= 2
+    assert "zone2" in out
+    assert "zone3" in out
+    assert f"http://127.0.0.1:{cfg.server_settings('modbus').port}/mcp" in out
+
+
+def test_ctrl_c_stops_every_child(site_file: Callable[..., Path]) -> None:
+    path = site_file()
+    cfg = load_config(path)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "eaio", "demo", "--config", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(_eaio_children(demo.pid)) < 4 or not cfg.sqlite_path().exists():
+            assert demo.poll() is None, demo.stdout.read() if demo.stdout else ""
+            assert time.monotonic() < deadline, "demo did not start its four parts"
+            time.sleep(0.1)
+        children = _eaio_children(demo.pid)
+        demo.send_signal(signal.SIGINT)
+        out, _ = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 0, out
+    assert "summary" in out
+    _gone, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, [p.cmdline() for p in alive]
