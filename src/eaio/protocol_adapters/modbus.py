@@ -37,6 +37,7 @@ _READ = {
     "discrete": "read_discrete_inputs",
 }
 _MAX_COUNT = {"holding": 125, "input": 125, "coil": 2000, "discrete": 2000}
+_PLAN_CACHE_SIZE = 64  # distinct point sets a long-running poller or server asks for
 
 
 class CircuitBreaker:
@@ -117,11 +118,20 @@ class _Link:
         self.last_ok: datetime | None = None
         # (unit, table) groups where the device refused a read through unused registers.
         self.no_gaps: set[tuple[int, str]] = set()
+        self._plans: dict[tuple[tuple[str, ...], frozenset[tuple[int, str]]], list[ReadPlan]] = {}
         self._client: AsyncModbusTcpClient | None = None
         self._lock = asyncio.Lock()
 
     def plan(self, points: Sequence[ModbusPoint]) -> list[ReadPlan]:
-        return plan_reads(points, self.device.connection, self.no_gaps)
+        # Pollers ask for the same point sets every tick; planning 1,000 points costs more than
+        # the look-up, so plans are kept per point set (and per what the device refused so far).
+        key = (tuple(p.id for p in points), frozenset(self.no_gaps))
+        plans = self._plans.get(key)
+        if plans is None:
+            if len(self._plans) >= _PLAN_CACHE_SIZE:
+                self._plans.clear()
+            plans = self._plans[key] = plan_reads(points, self.device.connection, self.no_gaps)
+        return plans
 
     def close(self) -> None:
         self.close_client()
@@ -152,8 +162,16 @@ class _Link:
 
     async def _with_retries(self, method: str, address: int, unit: int, *values: object, **kwargs: Any) -> Any:
         conn = self.device.connection
+        # The first attempt goes straight out: building a retry controller for every request of
+        # a healthy device costs more than the request itself. Failures get tenacity's backoff.
+        try:
+            return await self._attempt(method, address, unit, *values, **kwargs)
+        except _CommFailure:
+            if conn.retries == 0:
+                raise
+        await asyncio.sleep(0.05)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(conn.retries + 1),
+            stop=stop_after_attempt(conn.retries),
             wait=wait_exponential(multiplier=0.05, max=0.5),
             retry=retry_if_exception_type(_CommFailure),
             reraise=True,
@@ -283,29 +301,49 @@ class ModbusAdapter:
     async def _read_device(self, device_id: str, points: list[ModbusPoint], results: dict[str, Reading]) -> None:
         link = self._links[device_id]
         todo = deque(link.plan(points))
-        while todo:
-            plan = todo.popleft()
-            try:
-                response = await link.request(_READ[plan.table], plan.start, plan.unit, count=plan.count)
-            except _CommFailure as err:
-                # The device is down: fail its remaining requests too rather than wait on each.
-                detail = f"{err.code}: {link.where}: {err}"
-                for rest in (plan, *todo):
-                    for point, _ in rest.items:
-                        results[point.id] = _failed(point, device_id, Reason.COMM_FAILURE, detail)
-                return
-            except _Refused as err:
-                if err.name == "illegal_address" and plan.has_gaps:
-                    # Many devices refuse reads through unmapped registers: stop reading through
-                    # gaps in this (unit, table) from now on and ask again without them.
-                    link.no_gaps.add((plan.unit, plan.table))
-                    todo.extendleft(reversed(link.plan([p for p, _ in plan.items])))
+        ahead: asyncio.Task[Any] | None = None  # the request for todo[0], already on the wire
+        try:
+            while todo:
+                plan = todo.popleft()
+                try:
+                    if ahead is None:
+                        response = await link.request(_READ[plan.table], plan.start, plan.unit, count=plan.count)
+                    else:
+                        task, ahead = ahead, None  # taken before awaiting: a failure must not linger
+                        response = await task
+                except _CommFailure as err:
+                    # The device is down: fail its remaining requests too rather than wait on each.
+                    detail = f"{err.code}: {link.where}: {err}"
+                    for rest in (plan, *todo):
+                        for point, _ in rest.items:
+                            results[point.id] = _failed(point, device_id, Reason.COMM_FAILURE, detail)
+                    return
+                except _Refused as err:
+                    self._refused(link, plan, err, todo, results)
                     continue
-                detail = f"protocol_error: {link.where}: {err.name} for {_describe(plan)}"
-                for point, _ in plan.items:
-                    results[point.id] = _failed(point, device_id, f"protocol_status:{err.name}", detail)
-                continue
-            _decode_plan(plan, response, device_id, results)
+                if todo:
+                    # Put the next request on the wire before decoding this answer: the device
+                    # works on it while we decode (one request in flight at a time, as ever).
+                    nxt = todo[0]
+                    ahead = asyncio.ensure_future(link.request(_READ[nxt.table], nxt.start, nxt.unit, count=nxt.count))
+                    await asyncio.sleep(0)
+                _decode_plan(plan, response, device_id, results)
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+
+    def _refused(
+        self, link: _Link, plan: ReadPlan, err: _Refused, todo: deque[ReadPlan], results: dict[str, Reading]
+    ) -> None:
+        if err.name == "illegal_address" and plan.has_gaps:
+            # Many devices refuse reads through unmapped registers: stop reading through
+            # gaps in this (unit, table) from now on and ask again without them.
+            link.no_gaps.add((plan.unit, plan.table))
+            todo.extendleft(reversed(link.plan([p for p, _ in plan.items])))
+            return
+        detail = f"protocol_error: {link.where}: {err.name} for {_describe(plan)}"
+        for point, _ in plan.items:
+            results[point.id] = _failed(point, link.device.id, f"protocol_status:{err.name}", detail)
 
     async def write(self, point: Point, value: Value) -> None:
         """Write one engineering value. Raises DeviceError (unknown_point, not_writable,
@@ -415,6 +453,5 @@ def _decode_plan(plan: ReadPlan, response: Any, device_id: str, results: dict[st
             results[point.id] = _failed(point, device_id, "protocol_status:short_response", detail)
             continue
         results[point.id] = Reading(
-            point_id=point.id, value=codec.decode(point.address, list(chunk)), unit=point.unit, ts=ts,
-            device_id=device_id,
+            point_id=point.id, value=codec.decode(point.address, chunk), unit=point.unit, ts=ts, device_id=device_id
         )

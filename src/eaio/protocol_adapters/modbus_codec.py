@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import struct
+from functools import cache, lru_cache
 
 from ..models.point import ModbusAddress
 
@@ -71,18 +72,33 @@ def decode(addr: ModbusAddress, registers: list[int] | list[bool]) -> float | in
     """The engineering value of a point from its registers (or its single bit)."""
     if addr.type == "bool":
         return bool(registers[0])
-    words = [int(r).to_bytes(2, "big") for r in registers[: addr.count]]
-    if addr.byte_order == "little":
-        words = [w[::-1] for w in words]
+    words, value = _structs(addr.type)
+    regs = registers[: addr.count]
     if addr.word_order == "little":
-        words.reverse()
-    (raw,) = struct.unpack(">" + _FMT[addr.type], b"".join(words))
+        regs = regs[::-1]
+    data = words.pack(*regs)
+    if addr.byte_order == "little":
+        swapped = bytearray(data)
+        swapped[0::2], swapped[1::2] = data[1::2], data[0::2]
+        data = bytes(swapped)
+    (raw,) = value.unpack(data)
     if addr.scale == 1.0 and addr.offset == 0.0:
         return raw
-    value = raw * addr.scale + addr.offset
+    scaled = raw * addr.scale + addr.offset
     # Scaled integers carry only as many decimals as the scale; round away float noise
     # (0.1 * 215 = 21.500000000000004) so readings print and compare as the device meant.
     if addr.type in _INT_RANGE:
-        decimals = max(0, -math.floor(math.log10(abs(addr.scale)))) + 2 if addr.scale else 6
-        value = round(value, decimals)
-    return value
+        scaled = round(scaled, _decimals(addr.scale))
+    return scaled
+
+
+# decode() runs once per point per poll: keep its per-call work to table look-ups.
+@cache
+def _structs(type_: str) -> tuple[struct.Struct, struct.Struct]:
+    value = struct.Struct(">" + _FMT[type_])
+    return struct.Struct(f">{value.size // 2}H"), value
+
+
+@lru_cache(maxsize=256)
+def _decimals(scale: float) -> int:
+    return max(0, -math.floor(math.log10(abs(scale)))) + 2

@@ -16,6 +16,7 @@ from mcp.server.mcpserver import MCPServer
 from ..config import SiteConfig
 from ..protocol_adapters.base import Adapter
 from .service import CoreService
+from .stdio import pipes_usable, serve_stdio_on_pipes
 from .tools import ArgumentErrors
 
 __all__ = ["PROTOCOLS", "build_server", "run_server"]
@@ -63,16 +64,20 @@ def build_server(protocol: str, cfg: SiteConfig, adapter: Adapter | None = None)
 
 
 def _log_to_stderr() -> None:
-    # stdout belongs to the MCP protocol in stdio mode: every log line goes to stderr.
+    # stdout belongs to the MCP protocol in stdio mode: every log line goes to stderr, through
+    # one plain handler. The SDK installs a Rich handler on the root logger; it renders a table
+    # per line, which costs more than a whole tool call, so it is replaced rather than joined.
     root = logging.getLogger()
-    if not any(getattr(h, "stream", None) is sys.stderr for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(os.environ.get("EAIO_LOG_LEVEL", "INFO").upper())
 
 
 async def _serve_stdio(server: MCPServer, service: CoreService) -> None:
+    threadless = pipes_usable()
     async with anyio.create_task_group() as tg:
 
         async def watch_signals() -> None:
@@ -82,14 +87,15 @@ async def _serve_stdio(server: MCPServer, service: CoreService) -> None:
                     with anyio.CancelScope(shield=True):
                         await service.restores.restore_all()
                     tg.cancel_scope.cancel()
-                    # The SDK reads stdin in a worker thread that a cancel cannot interrupt, so the
-                    # process could linger until the client closes the pipe. Restores are done and
-                    # the audit is flushed per line: nothing is lost by leaving now.
-                    _exit_soon(grace_s=2.0)
+                    if not threadless:
+                        # The SDK's transport reads stdin in a worker thread that a cancel cannot
+                        # interrupt. Restores are done and the audit is flushed per line: nothing
+                        # is lost by leaving now rather than when the client closes the pipe.
+                        _exit_soon(grace_s=2.0)
                     return
 
         tg.start_soon(watch_signals)
-        await server.run_stdio_async()
+        await serve_stdio_on_pipes(server)
         tg.cancel_scope.cancel()  # stdin closed: stop watching signals too
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, WithJsonSchema
 
 from ..models import Limits, Reading, Value
 
@@ -21,6 +21,35 @@ __all__ = [
 ]
 
 
+_SIMPLE_TYPES = {"boolean", "integer", "number", "null", "string"}
+
+
+def flat_schema(model: type[BaseModel]) -> WithJsonSchema:
+    """The model's JSON schema with every ``$ref`` inlined and ``anyOf`` of plain types written as
+    a type list. It accepts exactly the same documents; clients that check each result against
+    the output schema (the mcp SDK's, with jsonschema) do it about twice as fast, because
+    resolving a reference per list item is what costs most."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            target = defs[node["$ref"].removeprefix("#/$defs/")]
+            node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        node = {k: walk(v) for k, v in node.items()}
+        any_of = node.get("anyOf")
+        if any_of and all(set(a) == {"type"} and a["type"] in _SIMPLE_TYPES for a in any_of):
+            del node["anyOf"]
+            node["type"] = [a["type"] for a in any_of]
+        return node
+
+    return WithJsonSchema(walk(schema))
+
+
 class DeviceInfo(BaseModel):
     id: str
     name: str
@@ -31,7 +60,7 @@ class DeviceInfo(BaseModel):
 
 
 class DeviceList(BaseModel):
-    devices: list[DeviceInfo]
+    devices: list[Annotated[DeviceInfo, flat_schema(DeviceInfo)]]
 
 
 class PointInfo(BaseModel):
@@ -50,7 +79,7 @@ class PointInfo(BaseModel):
 
 
 class PointList(BaseModel):
-    points: list[PointInfo]
+    points: list[Annotated[PointInfo, flat_schema(PointInfo)]]
     count: int
 
 
@@ -62,8 +91,8 @@ class ReadError(BaseModel):
 
 
 class ReadPointsResult(BaseModel):
-    readings: list[Reading]
-    errors: list[ReadError] = Field(default_factory=list)
+    readings: list[Annotated[Reading, flat_schema(Reading)]]
+    errors: list[Annotated[ReadError, flat_schema(ReadError)]] = Field(default_factory=list)
 
 
 class PendingRestore(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Annotated, Any
@@ -57,7 +58,7 @@ async def run_tool(
     here instead: an LLM (and the agent) then sees "out_of_bounds: ..." as the first word.
     """
     service.calls[name.value] += 1
-    log.info("tool %s %s", name.value, {k: v for k, v in args.items() if v is not None})
+    t0 = time.perf_counter()
     try:
         result = call()
         if inspect.isawaitable(result):
@@ -69,8 +70,23 @@ async def run_tool(
     except Exception as err:
         log.exception("tool %s failed unexpectedly", name.value)
         return error_result(f"internal_error: {name.value} failed ({type(err).__name__}); see the server log")
+    finally:
+        log.info("tool %s %s %.1f ms", name.value, _brief(args), (time.perf_counter() - t0) * 1e3)
     data = result.model_dump(mode="json")
-    return CallToolResult(content=[TextContent(type="text", text=json.dumps(data))], structured_content=data)
+    # Compact JSON: the text copy is for clients that ignore structured content.
+    text = json.dumps(data, separators=(",", ":"))
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
+
+
+def _brief(args: dict[str, object]) -> str:
+    """Arguments for the log line; long lists as their length (100 point ids say little)."""
+    parts = []
+    for k, v in args.items():
+        if v is None:
+            continue
+        shown = f"[{len(v)} items]" if isinstance(v, list) and len(v) > 5 else repr(v)
+        parts.append(f"{k}={shown}")
+    return " ".join(parts)
 
 
 def error_result(text: str) -> CallToolResult:
