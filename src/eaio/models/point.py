@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import warnings
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "Device",
@@ -21,6 +21,16 @@ __all__ = [
 ]
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_\-]*(\.[a-z0-9_\-]+)*$")
+
+
+def _check_id(v: str) -> str:
+    if not _ID.match(v):
+        raise ValueError("must be lower-case letters, digits, '_' or '-', dot-separated (e.g. 'ahu1.sat', 'ahu1-ctrl')")
+    return v
+
+
+# Point and device ids: stable, site-wide, safe in topics, tags and file names.
+SiteId = Annotated[str, AfterValidator(_check_id)]
 
 
 class Strict(BaseModel):
@@ -67,7 +77,7 @@ class Limits(Strict):
 class Point(Strict):
     """A site-wide point. Protocol subclasses add an ``address``."""
 
-    id: str = Field(description="Site-wide stable id, e.g. 'ahu1.sat'")
+    id: SiteId = Field(description="Site-wide stable id, e.g. 'ahu1.sat'")
     name: str = ""
     kind: PointKind = PointKind.GENERIC
     unit: str = ""
@@ -80,13 +90,6 @@ class Point(Strict):
     poll_interval_s: float | None = Field(default=None, gt=0)
     # Filled in from the owning device when the configuration is loaded.
     device_id: str = ""
-
-    @field_validator("id")
-    @classmethod
-    def _id_shape(cls, v: str) -> str:
-        if not _ID.match(v):
-            raise ValueError("must be lower-case letters, digits, '_' or '-', dot-separated (e.g. 'ahu1.sat')")
-        return v
 
     @property
     def is_binary(self) -> bool:
@@ -155,17 +158,11 @@ class ModbusConnection(Strict):
 
 
 class Device(Strict):
-    id: str
+    id: SiteId
     name: str = ""
     protocol: str
     poll_interval_s: float = Field(default=10.0, gt=0)
 
-    @field_validator("id")
-    @classmethod
-    def _id_shape(cls, v: str) -> str:
-        if not _ID.match(v):
-            raise ValueError("must be lower-case letters, digits, '_' or '-' (e.g. 'ahu1-ctrl')")
-        return v
 
 
 class ModbusDevice(Device):
