@@ -3,7 +3,7 @@
 # say what is missing. The foundation (Modbus) needs none; later issues add mosquitto and
 # influxdb here, and under CI=true a missing one fails the run instead of skipping tests.
 set -euo pipefail
-needed=()   # e.g. (mosquitto influxdb iproute2)
+needed=(mosquitto openssl)   # later: influxdb iproute2
 missing=()
 for pkg in "${needed[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

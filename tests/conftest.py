@@ -73,3 +73,31 @@ def sim(site: SiteConfig) -> Iterator[Any]:
 
     with SimThread(site) as running:
         yield running
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Any]:
+    """A private Mosquitto on a free port (plain MQTT), stopped after the test."""
+    from brokers import Broker
+
+    broker = Broker(tmp_path / "mosquitto")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def mosquitto_tls(tmp_path: Path) -> Iterator[Any]:
+    """A private Mosquitto with a plain listener and a TLS one that requires a client
+    certificate; CA and certificates are made for the test (``broker.certs``)."""
+    from brokers import Broker, make_certs
+
+    broker = Broker(tmp_path / "mosquitto-tls", certs=make_certs(tmp_path / "certs"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+

@@ -12,14 +12,15 @@ import itertools
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
-from .models import ModbusDevice, ModbusPoint, Point
+from .models import ModbusDevice, MqttDevice, Point
+from .models.mqtt import _TEMPLATE
 
 __all__ = [
     "AgentServerRef",
@@ -33,6 +34,11 @@ __all__ = [
     "StorageSettings",
     "load_config",
 ]
+
+
+# A device is one of the protocols' device models, chosen by its `protocol` field.
+_DEVICE_MODELS = (ModbusDevice, MqttDevice)
+AnyDevice = Annotated[ModbusDevice | MqttDevice, Field(discriminator="protocol")]
 
 
 class _Strict(BaseModel):
@@ -129,7 +135,7 @@ class SiteConfig(BaseSettings):
 
     site: SiteInfo = Field(default_factory=SiteInfo)
     data_dir: Path = Path(".eaio")
-    devices: list[ModbusDevice] = Field(default_factory=list)
+    devices: list[AnyDevice] = Field(default_factory=list)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     servers: dict[str, ServerSettings] = Field(default_factory=dict)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
@@ -160,7 +166,7 @@ class SiteConfig(BaseSettings):
     def _point_index(self) -> dict[str, Point]:
         return {p.id: p for p in self.points()}
 
-    def devices_for(self, protocol: str) -> list[ModbusDevice]:
+    def devices_for(self, protocol: str) -> list[Any]:
         return [d for d in self.devices if d.protocol == protocol]
 
     def protocols(self) -> list[str]:
@@ -187,7 +193,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("modbus",) and out.endswith("]"):
+        elif part in ("modbus", "mqtt") and out.endswith("]"):
             continue  # the discriminator tag adds nothing a reader needs
         else:
             out += ("." if out else "") + str(part)
@@ -197,6 +203,13 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
 def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
     problems = []
     for e in err.errors():
+        if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            # The device's `protocol` chooses its model: say so at that field, in plain words.
+            ctx = e.get("ctx", {})
+            expected = ", ".join(repr(get_args(m.model_fields["protocol"].annotation)[0]) for m in _DEVICE_MODELS)
+            got = f" (got {ctx['tag']!r})" if "tag" in ctx else " (missing)"
+            problems.append((_format_loc((*e["loc"], "protocol")), f"must be one of {expected}{got}"))
+            continue
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] not in ("missing", "extra_forbidden") and "input" in e and not isinstance(e["input"], dict):
             msg += f" (got {e['input']!r})"
@@ -215,32 +228,58 @@ def check(cfg: SiteConfig) -> list[tuple[str, str]]:
         if dev.id in seen_dev:
             problems.append((f"devices[{di}].id", f"duplicate device id '{dev.id}' (also devices[{seen_dev[dev.id]}])"))
         seen_dev.setdefault(dev.id, di)
-        used: dict[tuple[int, str], list[tuple[int, int, int]]] = defaultdict(list)
         for pi, pt in enumerate(dev.points):
             where = f"devices[{di}].points[{pi}]"
             if pt.id in seen_pt:
                 problems.append((f"{where}.id", f"duplicate point id '{pt.id}' (also {seen_pt[pt.id]})"))
             seen_pt.setdefault(pt.id, where)
             problems += _check_write_bounds(pt, where)
-            a = pt.address
-            used[(a.unit if a.unit is not None else dev.connection.unit, a.table)].append(
-                (a.register, a.register + a.count - 1, pi)
-            )
-        for (unit, table), spans in used.items():
-            spans.sort()
-            for (s0, e0, p0), (s1, _e1, p1) in itertools.pairwise(spans):
-                if s1 <= e0:
-                    problems.append((
-                        f"devices[{di}].points[{p1}].address.register",
-                        f"registers {s1}.. overlap points[{p0}] ({table} {s0}..{e0}, unit {unit})",
-                    ))
+        if isinstance(dev, ModbusDevice):
+            problems += _check_modbus(dev, di)
+        else:
+            problems += _check_mqtt(dev, di)
     for name in cfg.servers:
         if name not in ("modbus", "bacnet", "opcua", "mqtt"):
             problems.append((f"servers.{name}", "unknown protocol; expected modbus, bacnet, opcua or mqtt"))
     return problems
 
 
-def _check_write_bounds(pt: ModbusPoint, where: str) -> list[tuple[str, str]]:
+def _check_modbus(dev: ModbusDevice, di: int) -> list[tuple[str, str]]:
+    problems = []
+    used: dict[tuple[int, str], list[tuple[int, int, int]]] = defaultdict(list)
+    for pi, pt in enumerate(dev.points):
+        a = pt.address
+        used[(a.unit if a.unit is not None else dev.connection.unit, a.table)].append(
+            (a.register, a.register + a.count - 1, pi)
+        )
+    for (unit, table), spans in used.items():
+        spans.sort()
+        for (s0, e0, p0), (s1, _e1, p1) in itertools.pairwise(spans):
+            if s1 <= e0:
+                problems.append((
+                    f"devices[{di}].points[{p1}].address.register",
+                    f"registers {s1}.. overlap points[{p0}] ({table} {s0}..{e0}, unit {unit})",
+                ))
+    return problems
+
+
+def _check_mqtt(dev: MqttDevice, di: int) -> list[tuple[str, str]]:
+    problems = []
+    declared = {p.id for p in dev.points}
+    for si, sub in enumerate(dev.subscriptions):
+        for template in sub.templates():
+            # A template without wildcards names one point: it must be declared on this device.
+            if not _TEMPLATE.search(template) and template not in declared:
+                problems.append((f"devices[{di}].subscriptions[{si}]", f"'{template}' is not a point of this device"))
+    for pi, pt in enumerate(dev.points):
+        if pt.writable and pt.command is None:
+            problems.append((f"devices[{di}].points[{pi}].command", "a writable MQTT point needs a command topic"))
+    if dev.connection.tls is None and dev.connection.port == 8883:
+        problems.append((f"devices[{di}].connection.tls", "port 8883 is MQTT over TLS: give a tls section"))
+    return problems
+
+
+def _check_write_bounds(pt: Point, where: str) -> list[tuple[str, str]]:
     if not pt.writable:
         if pt.write_bounds is not None:
             return [(f"{where}.write_bounds", "given for a point that is not writable")]

@@ -1,6 +1,15 @@
 """The only data types shared between EAIO's parts."""
 
 from .advice import Decision, DecisionMode, Fault, Recommendation, Severity, SuggestedWrite
+from .mqtt import (
+    DeadLetter,
+    MqttCommand,
+    MqttConnection,
+    MqttDevice,
+    MqttPoint,
+    MqttSubscription,
+    MqttTls,
+)
 from .point import (
     Device,
     Limits,
@@ -16,6 +25,7 @@ from .write import AuditRecord, WriteOutcome, WriteRequest, WriteResult
 
 __all__ = [
     "AuditRecord",
+    "DeadLetter",
     "Decision",
     "DecisionMode",
     "Device",
@@ -25,6 +35,12 @@ __all__ = [
     "ModbusConnection",
     "ModbusDevice",
     "ModbusPoint",
+    "MqttCommand",
+    "MqttConnection",
+    "MqttDevice",
+    "MqttPoint",
+    "MqttSubscription",
+    "MqttTls",
     "Point",
     "PointKind",
     "Quality",

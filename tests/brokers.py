@@ -1,0 +1,135 @@
+"""A private Mosquitto for tests: its own config, port and persistence directory.
+
+Under CI=true a missing ``mosquitto`` program fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+
+
+def require_mosquitto() -> str:
+    if MOSQUITTO is None:
+        message = "mosquitto is not installed (Debian package 'mosquitto'; `make test` installs it as root)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return MOSQUITTO
+
+
+@dataclass
+class Certs:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_certs(folder: Path) -> Certs:
+    """A CA, and a server and a client certificate it signs (for 127.0.0.1), made with openssl."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=eaio-test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=eaio-test-{name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.ext", "-out", f"{name}.crt")
+    return Certs(folder / "ca.crt", folder / "server.crt", folder / "server.key",
+                 folder / "client.crt", folder / "client.key")
+
+
+@dataclass
+class Broker:
+    """One private mosquitto. ``restart()`` keeps the port and the persisted sessions."""
+
+    folder: Path
+    port: int = field(default_factory=free_port)
+    tls_port: int | None = None
+    certs: Certs | None = None
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen[bytes] | None = None
+
+    def config(self) -> Path:
+        lines = [
+            f"listener {self.port} {self.host}",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {self.folder}/",
+            "max_queued_messages 0",  # no limit: a persistent session must not drop messages
+            "max_inflight_messages 0",
+            f"log_dest file {self.folder / 'mosquitto.log'}",
+            # Started as root, mosquitto drops to its own user, which cannot write our folder.
+            f"user {pwd.getpwuid(os.getuid()).pw_name}",
+        ]
+        if self.certs is not None:
+            self.tls_port = self.tls_port or free_port()
+            lines += [
+                f"listener {self.tls_port} {self.host}",
+                f"cafile {self.certs.ca}",
+                f"certfile {self.certs.server_cert}",
+                f"keyfile {self.certs.server_key}",
+                "require_certificate true",
+            ]
+        path = self.folder / "mosquitto.conf"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start(self, timeout: float = 10.0) -> None:
+        exe = require_mosquitto()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([exe, "-c", str(self.config())],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while not self._accepts(self.port):
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {err}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto not listening on {self.port} after {timeout} s")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """A clean stop: mosquitto saves its persistent sessions on SIGTERM."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @staticmethod
+    def _accepts(port: int) -> bool:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            return s.connect_ex(("127.0.0.1", port)) == 0
