@@ -6,8 +6,6 @@ Under CI=true a missing ``mosquitto`` program fails the test instead of skipping
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
+from eaio.broker import find_mosquitto, write_mosquitto_conf
 
-MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+MOSQUITTO = find_mosquitto()
 
 
 def require_mosquitto() -> str:
@@ -71,29 +70,11 @@ class Broker:
     proc: subprocess.Popen[bytes] | None = None
 
     def config(self) -> Path:
-        lines = [
-            f"listener {self.port} {self.host}",
-            "allow_anonymous true",
-            "persistence true",
-            f"persistence_location {self.folder}/",
-            "max_queued_messages 0",  # no limit: a persistent session must not drop messages
-            "max_inflight_messages 0",
-            f"log_dest file {self.folder / 'mosquitto.log'}",
-            # Started as root, mosquitto drops to its own user, which cannot write our folder.
-            f"user {pwd.getpwuid(os.getuid()).pw_name}",
-        ]
+        tls = None
         if self.certs is not None:
             self.tls_port = self.tls_port or free_port()
-            lines += [
-                f"listener {self.tls_port} {self.host}",
-                f"cafile {self.certs.ca}",
-                f"certfile {self.certs.server_cert}",
-                f"keyfile {self.certs.server_key}",
-                "require_certificate true",
-            ]
-        path = self.folder / "mosquitto.conf"
-        path.write_text("\n".join(lines) + "\n")
-        return path
+            tls = (self.tls_port, self.certs.ca, self.certs.server_cert, self.certs.server_key)
+        return write_mosquitto_conf(self.folder, self.port, self.host, tls)
 
     def start(self, timeout: float = 10.0) -> None:
         exe = require_mosquitto()

@@ -42,8 +42,9 @@ def site_file(tmp_path: Path) -> Callable[..., Path]:
     def make(**changes: Any) -> Path:
         raw = yaml.safe_load(EXAMPLE.read_text())
         for dev in raw["devices"]:
-            if dev.get("protocol") == "modbus":
-                dev.setdefault("connection", {})["port"] = free_port()
+            # Modbus devices get free ports for the sim to serve; MQTT devices a free port for a
+            # private broker (tests that need one start it there, e.g. with the demo).
+            dev.setdefault("connection", {})["port"] = free_port()
         raw["data_dir"] = str(tmp_path / "data")
         raw["sim"]["control_port"] = None
         for server in raw.get("servers", {}).values():

@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import yaml
 from rich.console import Console
 
 from .agents.records import Records
 from .agents.runtime import agent_db_path
-from .config import SiteConfig
+from .broker import find_mosquitto, write_mosquitto_conf
+from .config import SiteConfig, load_config
 from .pipeline.sqlite import SqliteStore, StoreCounts
 
 __all__ = ["run_demo"]
@@ -35,6 +37,7 @@ __all__ = ["run_demo"]
 out = Console(highlight=False, soft_wrap=True)
 STOP_GRACE_S = 10.0
 STARTUP_TIMEOUT_S = 30.0
+_LOCAL = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
@@ -99,9 +102,10 @@ def _wait_for(what: str, ready: Callable[[], bool], children: list[Child]) -> No
         time.sleep(0.1)
 
 
-def _busy_ports(cfg: SiteConfig, mcp_port: int) -> list[str]:
-    wanted = [(d.id, d.connection.host, d.connection.port) for d in cfg.devices]
-    wanted.append(("modbus MCP server", "127.0.0.1", mcp_port))
+def _busy_ports(cfg: SiteConfig) -> list[str]:
+    wanted = [(d.id, d.connection.host, d.connection.port) for d in cfg.devices_for("modbus")]
+    wanted += [(f"{d.id} broker", d.connection.host, d.connection.port) for d in cfg.devices_for("mqtt")]
+    wanted += [(f"{p} MCP server", "127.0.0.1", cfg.server_settings(p).port) for p in cfg.protocols()]
     return [f"{name} ({host}:{port})" for name, host, port in wanted if _port_open(host, port)]
 
 
@@ -129,31 +133,61 @@ async def _store_counts(cfg: SiteConfig) -> tuple[StoreCounts, int]:
         return await store.counts(), len(await store.latest())
 
 
-def _children(cfg: SiteConfig, mcp_port: int) -> list[Child]:
+def _children(cfg: SiteConfig) -> list[Child]:
+    """Every process of the demo, in start order: brokers, sim, one MCP server per protocol,
+    ingest, agent."""
     assert cfg.source is not None
     exe = [sys.executable, "-m", "eaio"]
     conf = ["--config", str(cfg.source)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", EAIO_DATA_DIR=str(cfg.data_dir.resolve()))
-    agent_env = dict(env, EAIO_AGENT__SERVERS=json.dumps([{"name": "modbus", "url": f"http://127.0.0.1:{mcp_port}/mcp"}]))
     logs = cfg.data_dir / "logs"
-    return [
-        Child("sim", [*exe, "sim", *conf], env, logs / "sim.log"),
-        Child("modbus-server", [*exe, "serve", "modbus", *conf, "--transport", "http", "--port", str(mcp_port)],
-              env, logs / "modbus-server.log"),
-        Child("ingest", [*exe, "ingest", *conf], env, logs / "ingest.log"),
-        Child("agent", [*exe, "agent", *conf], agent_env, logs / "agent.log"),
-    ]
+    children = [Child(f"mosquitto-{port}", argv, env, logs / f"mosquitto-{port}.log") for port, argv in _brokers(cfg)]
+    children.append(Child("sim", [*exe, "sim", *conf], env, logs / "sim.log"))
+    urls = []
+    for protocol in cfg.protocols():
+        port = cfg.server_settings(protocol).port
+        argv = [*exe, "serve", protocol, *conf, "--transport", "http", "--port", str(port)]
+        children.append(Child(f"{protocol}-server", argv, env, logs / f"{protocol}-server.log"))
+        urls.append({"name": protocol, "url": f"http://127.0.0.1:{port}/mcp"})
+    children.append(Child("ingest", [*exe, "ingest", *conf], env, logs / "ingest.log"))
+    agent_env = dict(env, EAIO_AGENT__SERVERS=json.dumps(urls))
+    children.append(Child("agent", [*exe, "agent", *conf], agent_env, logs / "agent.log"))
+    return children
+
+
+def _brokers(cfg: SiteConfig) -> list[tuple[int, list[str]]]:
+    """A private Mosquitto for each local broker address the MQTT devices use."""
+    exe = find_mosquitto()
+    ports = sorted({d.connection.port for d in cfg.devices_for("mqtt") if d.connection.host in _LOCAL})
+    if exe is None:
+        return []
+    return [(port, [exe, "-c", str(write_mosquitto_conf(cfg.data_dir / f"mosquitto-{port}", port))]) for port in ports]
+
+
+def _without_mqtt(cfg: SiteConfig) -> SiteConfig:
+    """The same site without its MQTT parts, for a machine without mosquitto."""
+    assert cfg.source is not None
+    raw = yaml.safe_load(cfg.source.read_text(encoding="utf-8"))
+    raw["devices"] = [d for d in raw.get("devices", []) if d.get("protocol") != "mqtt"]
+    raw.get("servers", {}).pop("mqtt", None)
+    raw.get("sim", {}).pop("mqtt", None)
+    raw["data_dir"] = str(cfg.data_dir.resolve())
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    path = cfg.data_dir / "site.without-mqtt.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return load_config(path)
 
 
 def run_demo(cfg: SiteConfig, duration: float | None = None) -> int:
     """Run the demo until ``duration`` seconds pass or Ctrl-C; print a summary. Returns an exit code."""
-    mcp_port = cfg.server_settings("modbus").port
-    busy = _busy_ports(cfg, mcp_port)
+    if cfg.devices_for("mqtt") and find_mosquitto() is None:
+        out.print("mosquitto is not installed: running without the MQTT parts (apt-get install mosquitto)")
+        cfg = _without_mqtt(cfg)
+    busy = _busy_ports(cfg)
     if busy:
         out.print(f"[red]ports already in use:[/red] {', '.join(busy)} — is another demo running?")
         return 1
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    sim, server, ingest, agent = _children(cfg, mcp_port)
     stop = {"now": False}
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -163,14 +197,11 @@ def run_demo(cfg: SiteConfig, duration: float | None = None) -> int:
     started: list[Child] = []
     code = 0
     try:
-        _start(sim, started)
-        for d in cfg.devices:
-            _wait_for(f"sim device {d.id}", lambda d=d: _port_open(d.connection.host, d.connection.port), started)
-        _start(server, started)
-        _wait_for("Modbus MCP server", lambda: _port_open("127.0.0.1", mcp_port), started)
-        _start(ingest, started)
-        _start(agent, started)
-        _where(cfg, mcp_port)
+        for child in _children(cfg):
+            _start(child, started)
+            for what, host, port in _ports_of(cfg, child.name):
+                _wait_for(what, lambda h=host, p=port: _port_open(h, p), started)
+        _where(cfg)
         code = _supervise(cfg, started, duration, stop)
     except RuntimeError as e:
         out.print(f"[red]demo failed:[/red] {e}")
@@ -182,6 +213,17 @@ def run_demo(cfg: SiteConfig, duration: float | None = None) -> int:
             signal.signal(s, handler)
     _print_summary(cfg)
     return code
+
+
+def _ports_of(cfg: SiteConfig, child: str) -> list[tuple[str, str, int]]:
+    """What must answer before the next child starts."""
+    if child.startswith("mosquitto-"):
+        return [(child, "127.0.0.1", int(child.split("-")[1]))]
+    if child == "sim":
+        return [(f"sim device {d.id}", d.connection.host, d.connection.port) for d in cfg.devices_for("modbus")]
+    if child.endswith("-server"):
+        return [(f"{child} (MCP)", "127.0.0.1", cfg.server_settings(child.removesuffix("-server")).port)]
+    return []
 
 
 def _start(child: Child, started: list[Child]) -> None:
@@ -209,16 +251,20 @@ def _supervise(cfg: SiteConfig, children: list[Child], duration: float | None, s
     return 0
 
 
-def _where(cfg: SiteConfig, mcp_port: int) -> None:
+def _where(cfg: SiteConfig) -> None:
     out.print("[bold]EAIO demo[/bold] — the virtual building, read, validated, stored and advised on")
-    for d in cfg.devices:
+    for d in cfg.devices_for("modbus"):
         out.print(f"  device  {d.id:<11} modbus tcp {d.connection.host}:{d.connection.port} unit {d.connection.unit}")
+    for d in cfg.devices_for("mqtt"):
+        out.print(f"  device  {d.id:<11} mqtt broker {d.connection.host}:{d.connection.port} (private mosquitto)")
     if cfg.sim.control_port:
         out.print(f"  sim control      http://127.0.0.1:{cfg.sim.control_port}/state")
-    out.print(f"  MCP server       http://127.0.0.1:{mcp_port}/mcp  (streamable HTTP; add it to your MCP client)")
+    for p in cfg.protocols():
+        port = cfg.server_settings(p).port
+        out.print(f"  MCP server       http://127.0.0.1:{port}/mcp  ({p}, streamable HTTP; add it to your MCP client)")
     out.print(f"  store            {cfg.sqlite_path()}")
     out.print(f"  agent records    {agent_db_path(cfg)}")
-    out.print(f"  write audit      {cfg.audit_path('modbus')}")
+    out.print(f"  write audit      {cfg.audit_path('modbus').parent}/")
     out.print(f"  logs             {cfg.data_dir / 'logs'}/")
     out.print("  Ctrl-C stops everything.")
 

@@ -1,0 +1,184 @@
+"""(d) MQTT: messages from a private Mosquitto into the store, against raw paho subscribe
+throughput measured in the same run, with the same publisher process.
+
+QoS 0. Case 1: one reading per message (target: EAIO >= 80 % of raw paho's messages/s).
+Case 2: 50 readings per JSON message (target: >= 100,000 readings/s into SQLite).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import yaml
+
+from eaio.broker import find_mosquitto, write_mosquitto_conf
+from eaio.config import load_config
+from eaio.pipeline.ingest import Ingest
+
+from .common import free_port, tempdir, wait_port
+
+TOPICS = 100
+FIELDS = 50
+
+# The publisher: connects, says "ready", waits for "go", publishes as fast as paho can, exits.
+PUBLISHER = r"""
+import json, sys, paho.mqtt.client as mqtt
+port, n, fields = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub")
+c.max_queued_messages_set(0)
+c.connect("127.0.0.1", port)
+c.loop_start()
+print("ready", flush=True)
+sys.stdin.readline()
+topics = [f"bench/p{i}/v" for i in range(100)]
+for i in range(n):
+    if fields == 1:
+        payload = str(i % 1000 + 0.5)
+    else:
+        payload = json.dumps({f"f{k}": i + k * 0.1 for k in range(fields)})
+    c.publish(topics[i % 100], payload, qos=0)
+c.loop_stop()
+c.disconnect()
+"""
+
+
+@contextlib.contextmanager
+def _broker(folder: Path) -> Iterator[int]:
+    exe = find_mosquitto()
+    if exe is None:
+        raise RuntimeError("mosquitto is not installed (Debian package 'mosquitto')")
+    port = free_port()
+    proc = subprocess.Popen([exe, "-c", str(write_mosquitto_conf(folder, port))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def _publisher(port: int, n: int, fields: int) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen([sys.executable, "-c", PUBLISHER, str(port), str(n), str(fields)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _go(proc: subprocess.Popen[str]) -> float:
+    assert proc.stdin is not None
+    t0 = time.perf_counter()
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    return t0
+
+
+def raw_paho(port: int, n: int, fields: int, timeout: float = 120) -> dict[str, float]:
+    done = threading.Event()
+    state = {"count": 0, "last": 0.0}
+
+    def on_message(_c: Any, _u: Any, _m: Any) -> None:
+        state["count"] += 1
+        if state["count"] == n:
+            state["last"] = time.perf_counter()
+            done.set()
+
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-raw")
+    sub.on_message = on_message
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *_: subscribed.set()
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    sub.subscribe("bench/+/v", qos=0)
+    subscribed.wait(10)
+    try:
+        with _publisher(port, n, fields) as pub:
+            t0 = _go(pub)
+            done.wait(timeout)
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    received = state["count"]
+    elapsed = (state["last"] or time.perf_counter()) - t0
+    return {"messages": received, "seconds": elapsed, "messages_per_s": received / elapsed,
+            "readings_per_s": received * fields / elapsed}
+
+
+def _site(tmp: Path, port: int, fields: int) -> Path:
+    if fields == 1:
+        sub = {"topic": "bench/+/v", "qos": 0, "format": "number", "point": "bench.{1}"}
+        points = [{"id": f"bench.p{i}", "kind": "generic"} for i in range(TOPICS)]
+    else:
+        sub = {"topic": "bench/+/v", "qos": 0, "format": "json",
+               "fields": {f"f{k}": f"bench.{{1}}.f{k}" for k in range(fields)}}
+        points = [{"id": f"bench.p{i}.f{k}", "kind": "generic"} for i in range(TOPICS) for k in range(fields)]
+    raw = {
+        "site": {"id": "bench"},
+        "data_dir": str(tmp / "data"),
+        "devices": [{"id": "bench-broker", "protocol": "mqtt",
+                     "connection": {"host": "127.0.0.1", "port": port, "client_id": "bench", "clean_session": True},
+                     "subscriptions": [sub], "points": points}],
+        "ingest": {"batch_size": 5000},
+    }
+    path = tmp / f"site-{fields}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def eaio_ingest(tmp: Path, port: int, n: int, fields: int, timeout: float = 120) -> dict[str, float]:
+    cfg = load_config(_site(tmp, port, fields))
+    want = n * fields
+
+    async def run() -> dict[str, float]:
+        async with Ingest(cfg) as ingest:
+            deadline = time.monotonic() + 10
+            while not all(h.get("connected") for h in _mqtt_health(ingest)):
+                assert time.monotonic() < deadline, "ingest did not connect to the broker"
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)  # the SUBACK: messages published before it would be lost
+            with _publisher(port, n, fields) as pub:
+                t0 = _go(pub)
+                stop = time.monotonic() + timeout
+                # Polling a counter the pipeline owns; 5 ms is well under the run's length.
+                while ingest.stats().readings_stored < want and time.monotonic() < stop:  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
+                t1 = time.perf_counter()
+            stored = ingest.stats().readings_stored
+        return {"readings": stored, "seconds": t1 - t0, "readings_per_s": stored / (t1 - t0),
+                "messages_per_s": stored / fields / (t1 - t0)}
+
+    return asyncio.run(run())
+
+
+def _mqtt_health(ingest: Ingest) -> list[dict[str, Any]]:
+    return [h for h in ingest.health() if h.get("protocol", "mqtt") == "mqtt"]
+
+
+def run() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with tempdir() as tmp, _broker(tmp / "broker") as port:
+        cases = (("one_reading_per_message", 100_000, 1), ("fifty_readings_per_message", 10_000, FIELDS))
+        for name, n, fields in cases:
+            raw = raw_paho(port, n, fields)
+            ours = eaio_ingest(tmp, port, n, fields)
+            out[name] = {"messages": n, "readings_per_message": fields, "raw_paho": raw, "eaio": ours,
+                         "ratio_to_raw": ours["messages_per_s"] / raw["messages_per_s"]}
+    out["targets"] = {"one_reading_per_message": "EAIO >= 80 % of raw paho",
+                      "fifty_readings_per_message": ">= 100,000 readings/s"}
+    return out
