@@ -35,15 +35,20 @@ def anyio_backend() -> str:
 def site_file(tmp_path: Path) -> Callable[..., Path]:
     """Write a copy of the demo site with free ports and a private data_dir; returns its path.
 
-    Keyword arguments are merged into the top level (e.g. ``sim={"speed": 600}``), and
-    ``devices=`` replaces the device list.
+    By default only the building's Modbus part: most tests are about one protocol, and an MQTT
+    device would need a broker. ``mqtt=True`` keeps the MQTT device too (on a free port where the
+    test starts its broker, e.g. the demo's own). Keyword arguments are merged into the top level
+    (e.g. ``sim={"speed": 600}``), and ``devices=`` replaces the device list.
     """
 
-    def make(**changes: Any) -> Path:
+    def make(*, mqtt: bool = False, **changes: Any) -> Path:
         raw = yaml.safe_load(EXAMPLE.read_text())
+        if not mqtt:
+            raw["devices"] = [d for d in raw["devices"] if d.get("protocol") != "mqtt"]
+            raw["sim"].pop("mqtt", None)
+            raw["servers"].pop("mqtt", None)
         for dev in raw["devices"]:
-            # Modbus devices get free ports for the sim to serve; MQTT devices a free port for a
-            # private broker (tests that need one start it there, e.g. with the demo).
+            # Modbus devices get free ports for the sim to serve; MQTT devices one for a broker.
             dev.setdefault("connection", {})["port"] = free_port()
         raw["data_dir"] = str(tmp_path / "data")
         raw["sim"]["control_port"] = None

@@ -152,6 +152,7 @@ def test_agent_once_as_a_process_leaves_recommendations(site: SiteConfig, sim: A
     assert ("data_quality", None) in found, proc.stderr[-3000:]
     assert "meter.power" in found[("data_quality", None)].recommendation.point_ids
     assert decision.trigger == "start"
+    # One discovery and one read through the site's Modbus server; nothing else (v0 never writes).
     assert {c["tool"] for c in decision.tool_calls} == {"modbus__list_points", "modbus__read_points"}
 
 

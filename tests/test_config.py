@@ -18,8 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("name", ["site.example.yaml", "site.docker.yaml"])
 def test_shipped_site_files_load(name: str) -> None:
     cfg = load_config(ROOT / "config" / name)
-    assert {d.id for d in cfg.devices} == {"ahu1-ctrl", "zones-ctrl", "plant-ctrl", "main-meter"}
-    assert len(cfg.points()) == 46
+    assert {d.id for d in cfg.devices} == {"ahu1-ctrl", "zones-ctrl", "plant-ctrl", "main-meter", "iot-gw"}
+    assert len(cfg.devices_for("modbus")) == 4
+    assert len(cfg.points()) == 62
+    assert cfg.sim.mqtt is not None
+    assert cfg.sim.mqtt.device == "iot-gw"
     assert all(p.device_id for p in cfg.points())
     zone_temps = [p for p in cfg.points() if p.brick == "Zone_Air_Temperature_Sensor"]
     assert sorted(p.zone for p in zone_temps) == ["zone1", "zone2", "zone3"]  # type: ignore[type-var]
@@ -116,7 +119,7 @@ def test_check_config_command(tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "eaio", "check-config", str(ROOT / "config/site.example.yaml")],
                         capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
-    assert "46 points" in ok.stdout
+    assert "62 points" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"devices": [_device(address={"register": 70000})]}))
     res = subprocess.run([sys.executable, "-m", "eaio", "check-config", str(bad)],

@@ -10,7 +10,7 @@ import pytest
 
 from eaio.config import SiteConfig
 from eaio.errors import StoreError
-from eaio.models import Quality, Reading
+from eaio.models import DeadLetter, Quality, Reading
 from eaio.pipeline import Bucket, SqliteStore
 
 pytestmark = pytest.mark.anyio
@@ -150,7 +150,7 @@ async def test_reopening_keeps_data(tmp_path: Path) -> None:
     path = tmp_path / "db" / "eaio.db"
     async with SqliteStore(path) as s:
         await s.write(SERIES)
-        await s.add_dead_letter("mqtt:eaio/raw/zone1", "invalid_json", b"\x00not json")
+        await s.add_dead_letter(letter("malformed", b"\x00not json"))
     async with SqliteStore(path) as s:
         assert (await s.counts()).total == len(SERIES)
         assert await s.dead_letter_count() == 1
@@ -158,10 +158,22 @@ async def test_reopening_keeps_data(tmp_path: Path) -> None:
         assert r.value == 24.0
 
 
+def letter(reason: str, payload: bytes) -> DeadLetter:
+    return DeadLetter(received_at=datetime.now(UTC), source="mqtt:iot-gw", topic="site/iot/zone1/env",
+                      reason=reason, detail="a detail", payload=payload)
+
+
+async def test_dead_letters_keep_topic_reason_detail_and_raw_bytes(store: SqliteStore) -> None:
+    await store.add_dead_letter(letter("malformed", b"\xff{not json"))
+    with sqlite3.connect(store.path) as conn:
+        rows = conn.execute("SELECT source, topic, reason, detail, payload FROM dead_letter").fetchall()
+    assert rows == [("mqtt:iot-gw", "site/iot/zone1/env", "malformed", "a detail", b"\xff{not json")]
+
+
 async def test_dead_letters_are_counted(store: SqliteStore) -> None:
     assert await store.dead_letter_count() == 0
     for i in range(3):
-        await store.add_dead_letter("mqtt:t", "no_such_point", f"payload {i}".encode())
+        await store.add_dead_letter(letter("unmapped", f"payload {i}".encode()))
     assert await store.dead_letter_count() == 3
 
 

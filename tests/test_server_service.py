@@ -35,6 +35,7 @@ class FakeAdapter:
             for d in self._devices for p in d.points
         }
         self.offline: set[str] = set()
+        self.silent: set[str] = set()  # points that have reported nothing yet (as a pushed point may)
         self.writes: list[tuple[str, Value]] = []
         self.entered = self.exited = 0
 
@@ -54,6 +55,9 @@ class FakeAdapter:
             if p.device_id in self.offline:
                 out.append(Reading(point_id=p.id, value=None, unit=p.unit, quality="bad", reasons=["comm_failure"],
                                    device_id=p.device_id, detail=f"device_offline: {p.device_id} did not answer"))
+            elif p.id in self.silent:
+                out.append(Reading(point_id=p.id, value=None, unit=p.unit, quality="uncertain", reasons=["stale"],
+                                   device_id=p.device_id, detail=f"no_data: nothing received for {p.id} yet"))
             else:
                 out.append(Reading(point_id=p.id, value=self.values[p.id], unit=p.unit, device_id=p.device_id))
         return out
@@ -326,3 +330,23 @@ async def test_timed_restore_failure_is_audited(service: CoreService, fake: Fake
     await wait_for(lambda: read_audit(service.audit.path)[-1].outcome == WriteOutcome.RESTORE_FAILED)
     assert fake.values["zone2.cool_sp"] == 25.0  # still overridden, and the audit says so
     assert service.health().pending_restores == []
+
+
+async def test_a_point_that_never_reported_can_be_set_but_not_temporarily(
+    service: CoreService, fake: FakeAdapter
+) -> None:
+    # A command-only point of a push protocol has no value to read first: a permanent write is
+    # fine (nothing to restore), a temporary one is refused because it could not be undone.
+    fake.silent.add("zone1.cool_sp")
+    with pytest.raises(DeviceError) as info:
+        await service.write_point("zone1.cool_sp", 24.0, duration_s=60)
+    assert info.value.code == "invalid_argument"
+    assert "nothing to restore" in info.value.message
+    assert fake.writes == []
+    result = await service.write_point("zone1.cool_sp", 24.0)
+    assert result.outcome == WriteOutcome.ACCEPTED
+    assert result.previous_value is None
+    assert fake.writes == [("zone1.cool_sp", 24.0)]
+    outcomes = [(r.outcome, r.code) for r in read_audit(service.audit.path)]
+    assert outcomes == [(WriteOutcome.REFUSED, "invalid_argument"), (WriteOutcome.ACCEPTED, None)]
+

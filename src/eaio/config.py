@@ -28,6 +28,7 @@ __all__ = [
     "IngestSettings",
     "ServerSettings",
     "SimFaultSpec",
+    "SimMqtt",
     "SimSettings",
     "SiteConfig",
     "SiteInfo",
@@ -111,6 +112,16 @@ class SimFaultSpec(_Strict):
     duration_s: float | None = Field(default=None, gt=0)
 
 
+class SimMqtt(_Strict):
+    """The virtual building's MQTT face: IoT zone sensors and sub-meters published as JSON."""
+
+    device: str = Field(description="Id of the MQTT device whose broker connection the sim publishes through")
+    prefix: str | None = Field(default=None, description="Topic prefix; default the site id")
+    env_interval_s: float = Field(default=60.0, gt=0, description="Sim seconds between zone env messages")
+    meter_interval_s: float = Field(default=60.0, gt=0, description="Sim seconds between sub-meter messages")
+    qos: Literal[0, 1] = 1
+
+
 class SimSettings(_Strict):
     speed: float = Field(default=1.0, gt=0, le=10000)
     start: datetime | None = Field(default=None, description="Sim clock at start (local site time)")
@@ -126,6 +137,7 @@ class SimSettings(_Strict):
         description="Devices whose faces refuse reads through unmapped registers (as some real devices do); "
         "the others serve each table as one block from its lowest to its highest mapped register",
     )
+    mqtt: SimMqtt | None = Field(default=None, description="MQTT face (off when absent)")
 
 
 class SiteConfig(BaseSettings):
@@ -238,6 +250,8 @@ def check(cfg: SiteConfig) -> list[tuple[str, str]]:
             problems += _check_modbus(dev, di)
         else:
             problems += _check_mqtt(dev, di)
+    if cfg.sim.mqtt is not None and cfg.sim.mqtt.device not in {d.id for d in cfg.devices_for("mqtt")}:
+        problems.append(("sim.mqtt.device", f"'{cfg.sim.mqtt.device}' is not an MQTT device of this site"))
     for name in cfg.servers:
         if name not in ("modbus", "bacnet", "opcua", "mqtt"):
             problems.append((f"servers.{name}", "unknown protocol; expected modbus, bacnet, opcua or mqtt"))

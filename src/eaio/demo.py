@@ -111,7 +111,7 @@ def _busy_ports(cfg: SiteConfig) -> list[str]:
 
 def _summary(cfg: SiteConfig) -> dict[str, object]:
     """What the run produced, read through the store's and the records' own query APIs."""
-    counts, points = asyncio.run(_store_counts(cfg))
+    counts, points, dead = asyncio.run(_store_counts(cfg))
     messages: list[str] = []
     agent_db = agent_db_path(cfg)
     if agent_db.exists():
@@ -121,16 +121,17 @@ def _summary(cfg: SiteConfig) -> dict[str, object]:
         "readings_stored": counts.total,
         "bad_readings": counts.bad,
         "points_seen": points,
+        "dead_letters": dead,
         "recommendations": len(messages),
         "recommendation_messages": messages,
     }
 
 
-async def _store_counts(cfg: SiteConfig) -> tuple[StoreCounts, int]:
+async def _store_counts(cfg: SiteConfig) -> tuple[StoreCounts, int, int]:
     if not cfg.sqlite_path().exists():
-        return StoreCounts(), 0
+        return StoreCounts(), 0, 0
     async with SqliteStore.from_config(cfg) as store:
-        return await store.counts(), len(await store.latest())
+        return await store.counts(), len(await store.latest()), await store.dead_letter_count()
 
 
 def _children(cfg: SiteConfig) -> list[Child]:
@@ -274,6 +275,8 @@ def _print_summary(cfg: SiteConfig) -> None:
     out.print("[bold]summary[/bold]")
     out.print(f"  readings stored  {s['readings_stored']} ({s['points_seen']} points)")
     out.print(f"  bad readings     {s['bad_readings']}")
+    if cfg.devices_for("mqtt"):
+        out.print(f"  dead letters     {s['dead_letters']}")
     out.print(f"  recommendations  {s['recommendations']}")
     for msg in s["recommendation_messages"]:  # type: ignore[attr-defined]
         out.print(f"    - {msg}")

@@ -8,7 +8,7 @@ from typing import Literal, Protocol, Self
 
 from pydantic import BaseModel
 
-from ..models import Reading
+from ..models import DeadLetter, Reading
 
 __all__ = ["Aggregate", "Bucket", "Store", "Validator"]
 
@@ -37,6 +37,10 @@ class Store(Protocol):
 
     async def write(self, readings: Sequence[Reading]) -> int:
         """Persist readings (bad ones too); returns how many were written."""
+        ...
+
+    async def add_dead_letter(self, letter: DeadLetter) -> None:
+        """Keep input that could not become readings (raw bytes, topic, reason); never raises on content."""
         ...
 
     async def latest(self, point_ids: Sequence[str] | None = None) -> list[Reading]:

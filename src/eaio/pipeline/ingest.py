@@ -1,5 +1,9 @@
 """The ingest loop: poll every device, validate, store in batches. Never through MCP or an LLM.
 
+Protocols that push (MQTT) are not polled: their adapter delivers readings through
+``subscribe`` and the same validator and batched writer take them from there. Messages that
+cannot become readings arrive as dead letters and go to the store's dead-letter table.
+
 One asyncio task per (device, poll interval) group, so a slow or dead device never delays the
 others; a tick that comes while the previous poll still runs is skipped, not queued. Polled
 readings go through the validator into a pending queue that one writer task drains in batches
@@ -25,18 +29,20 @@ from typing import Self
 from pydantic import BaseModel, Field
 
 from ..config import SiteConfig
-from ..models import Point, Quality, Reading, Reason, utcnow
+from ..models import DeadLetter, Point, Quality, Reading, Reason, utcnow
 from ..protocol_adapters import Adapter, build_adapter
 from .base import Store
 from .sqlite import SqliteStore
 from .validate import QualityValidator, StaleState
 
-__all__ = ["DeviceStats", "Ingest", "IngestStats", "run_ingest"]
+__all__ = ["PUSHED", "DeviceStats", "Ingest", "IngestStats", "run_ingest"]
 
 log = logging.getLogger("eaio.ingest")
 
 MIN_READ_GUARD_S = 10.0  # an adapter read that hangs longer than this (or N polls) becomes comm_failure data
 MIN_BACKLOG = 100_000
+PUSHED = frozenset({"mqtt"})  # protocols whose adapter delivers readings by subscription
+HEALTH_EVERY_S = 1.0  # how often a pushing adapter's connection state is copied into the stats
 
 
 class DeviceStats(BaseModel):
@@ -49,6 +55,9 @@ class DeviceStats(BaseModel):
     last_ok: bool | None = None
     last_error: str | None = None
     last_error_at: datetime | None = None
+    pushed: int = Field(default=0, description="Readings the device pushed (protocols that push)")
+    dead_letters: int = Field(default=0, description="Messages from the device that became dead letters")
+    last_message: datetime | None = None
 
 
 class IngestStats(BaseModel):
@@ -59,6 +68,8 @@ class IngestStats(BaseModel):
     last_store_error: str | None = None
     backlog: int = Field(default=0, description="Readings waiting for the store")
     dropped: int = Field(default=0, description="Readings lost because the backlog was full")
+    dead_letters: int = Field(default=0, description="Messages that could not become readings")
+    dead_letter_errors: int = Field(default=0, description="Dead letters the store failed to keep")
     devices: dict[str, DeviceStats] = Field(default_factory=dict)
 
 
@@ -75,6 +86,8 @@ class PollGroup:
 def poll_groups(cfg: SiteConfig) -> list[PollGroup]:
     groups: dict[tuple[str, float], PollGroup] = {}
     for dev in cfg.devices:
+        if dev.protocol in PUSHED:
+            continue  # subscribed, not polled
         for p in dev.points:
             interval = p.poll_interval_s or dev.poll_interval_s
             key = (dev.id, interval)
@@ -127,7 +140,9 @@ class Ingest:
             if self.store is None:
                 self.store = await self._stack.enter_async_context(SqliteStore.from_config(self.cfg))
             for proto in self.cfg.protocols():
-                adapter = build_adapter(proto, self.cfg.devices_for(proto))
+                devices = self.cfg.devices_for(proto)
+                adapter = build_adapter(proto, devices, role="ingest") if proto in PUSHED else build_adapter(
+                    proto, devices)
                 self._adapters[proto] = await self._stack.enter_async_context(adapter)
         except BaseException:
             await self._stack.aclose()
@@ -138,6 +153,11 @@ class Ingest:
         for g in self._groups:
             task = asyncio.create_task(self._poll_loop(g), name=f"ingest-poll-{g.device_id}-{g.interval_s:g}s")
             self._tasks.append(task)
+        try:
+            await self._subscribe_pushed()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -162,6 +182,65 @@ class Ingest:
         s = self._stats.model_copy(deep=True)
         s.backlog = len(self._pending)
         return s
+
+    # -- pushed readings (MQTT) -------------------------------------------------------------
+    async def _subscribe_pushed(self) -> None:
+        for proto, adapter in self._adapters.items():
+            if proto not in PUSHED:
+                continue
+            points = [p for d in self.cfg.devices_for(proto) for p in d.points]
+            # The adapter connects in the background: subscribe returns at once and the broker
+            # gets the subscriptions on every (re)connect.
+            await adapter.subscribe(points, self._on_pushed, self._on_dead_letter)  # type: ignore[call-arg]
+            self._tasks.append(asyncio.create_task(self._health_loop(adapter), name=f"ingest-health-{proto}"))
+
+    async def _on_pushed(self, readings: list[Reading]) -> None:
+        """A batch from a pushing adapter: validate and queue, as a poll would."""
+        now = utcnow()
+        self._validator.validate(readings, now, self._stale)
+        for r in readings:
+            ds = self._stats.devices.get(r.device_id or "")
+            if ds is not None:
+                ds.pushed += 1
+                ds.last_message = now
+        self._enqueue(readings)
+
+    async def _on_dead_letter(self, letter: DeadLetter) -> None:
+        """Keep the raw message for a person; count it; never let it stop ingest."""
+        self._stats.dead_letters += 1
+        device_id = letter.source.partition(":")[2]
+        if (ds := self._stats.devices.get(device_id)) is not None:
+            ds.dead_letters += 1
+        log.log(logging.WARNING if self._stats.dead_letters <= 10 else logging.DEBUG,
+                "dead letter from %s on '%s': %s %s", letter.source, letter.topic, letter.reason, letter.detail)
+        assert self.store is not None
+        try:
+            await self.store.add_dead_letter(letter)
+        except Exception as err:  # a failing store costs the letter, not the ingest
+            self._stats.dead_letter_errors += 1
+            log.warning("could not store a dead letter from %s: %s", letter.source, err)
+
+    async def _health_loop(self, adapter: Adapter) -> None:
+        while True:
+            try:
+                for h in adapter.health():
+                    self._note_health(h)
+            except Exception:  # an adapter bug must not end the health watch
+                log.exception("health of the %s adapter failed", adapter.protocol)
+            await asyncio.sleep(HEALTH_EVERY_S)
+
+    def _note_health(self, h: dict[str, object]) -> None:
+        ds = self._stats.devices.get(str(h.get("device_id", "")))
+        if ds is None:
+            return
+        ok = bool(h.get("connected", h.get("online", False)))
+        error = h.get("last_error")
+        if ok and ds.last_ok is False:
+            log.info("device %s connected again", ds.device_id)
+        elif not ok and ds.last_ok is not False:
+            log.warning("device %s not connected: %s", ds.device_id, error or "connecting")
+            ds.last_error, ds.last_error_at = str(error or "not connected"), utcnow()
+        ds.last_ok = ok
 
     # -- polling ---------------------------------------------------------------------------
     async def _poll_loop(self, group: PollGroup) -> None:
@@ -266,13 +345,14 @@ def summary(stats: IngestStats, elapsed_s: float) -> str:
     """The one line ``eaio ingest`` logs when it stops."""
     devices = ", ".join(
         f"{d.device_id} {'ok' if d.last_ok else 'never polled' if d.last_ok is None else 'failing'}"
-        f" ({d.polls} polls, {d.failed_polls} failed)"
+        + (f" ({d.pushed} pushed, {d.dead_letters} dead letters)" if d.protocol in PUSHED
+           else f" ({d.polls} polls, {d.failed_polls} failed)")
         for d in stats.devices.values()
     )
     return (
         f"ingest stopped after {elapsed_s:.1f} s: {stats.readings_stored} readings stored "
         f"({stats.bad_stored} bad), {stats.store_errors} store errors, {stats.backlog} not stored, "
-        f"{stats.dropped} dropped; devices: {devices or 'none'}"
+        f"{stats.dropped} dropped, {stats.dead_letters} dead letters; devices: {devices or 'none'}"
     )
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from ..config import SiteConfig
 from ..errors import StoreError
-from ..models import Quality, Reading
+from ..models import DeadLetter, Quality, Reading
 from .base import Aggregate, Bucket
 
 __all__ = ["SqliteStore", "StoreCounts", "from_us", "to_us"]
@@ -49,11 +49,14 @@ CREATE INDEX IF NOT EXISTS readings_point_ts ON readings (point_id, ts);
 CREATE TABLE IF NOT EXISTS dead_letter (
     received_at INTEGER NOT NULL,
     source      TEXT    NOT NULL,
+    topic       TEXT    NOT NULL DEFAULT '',
     reason      TEXT    NOT NULL,
+    detail      TEXT    NOT NULL DEFAULT '',
     payload     BLOB
 );
 """
 
+_INSERT_DEAD = "INSERT INTO dead_letter (received_at, source, topic, reason, detail, payload) VALUES (?, ?, ?, ?, ?, ?)"
 _COLUMNS = "point_id, ts, value, vtype, quality, reasons, unit, device_id, detail"
 _INSERT = f"INSERT INTO readings ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
@@ -197,12 +200,12 @@ class SqliteStore:
 
         return await self._run("write", insert)
 
-    async def add_dead_letter(self, source: str, reason: str, payload: bytes) -> None:
-        """Keep a message that could not become a reading, for a person to look at later."""
-        row = (to_us(datetime.now(UTC)), source, reason, payload)
+    async def add_dead_letter(self, letter: DeadLetter) -> None:
+        """Keep a message that could not become a reading, raw bytes and all, for a person to look at."""
+        row = (to_us(letter.received_at), letter.source, letter.topic, letter.reason, letter.detail, letter.payload)
 
         def insert(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO dead_letter (received_at, source, reason, payload) VALUES (?, ?, ?, ?)", row)
+            conn.execute(_INSERT_DEAD, row)
 
         await self._run("add_dead_letter", insert)
 

@@ -1,14 +1,23 @@
 """Protocol adapters: one module per protocol behind the interface in ``base``."""
 
+from typing import Any
+
 from .base import Adapter, ReadingCallback
 
 __all__ = ["Adapter", "ReadingCallback", "build_adapter"]
 
 
-def build_adapter(protocol: str, devices: list) -> Adapter:  # type: ignore[type-arg]
-    """The adapter for ``protocol`` over ``devices`` (not yet connected)."""
+def build_adapter(protocol: str, devices: list, **kw: Any) -> Adapter:  # type: ignore[type-arg]
+    """The adapter for ``protocol`` over ``devices`` (not yet connected).
+
+    ``kw`` goes to the adapter's constructor (MQTT: ``role=``, ``buffer_size=``).
+    """
     if protocol == "modbus":
         from .modbus import ModbusAdapter
 
-        return ModbusAdapter(devices)
+        return ModbusAdapter(devices, **kw)
+    if protocol == "mqtt":
+        from .mqtt import MqttAdapter
+
+        return MqttAdapter(devices, **kw)
     raise ValueError(f"no adapter for protocol '{protocol}'")

@@ -23,7 +23,7 @@ __all__ = ["PROTOCOLS", "build_server", "run_server"]
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("modbus",)
+PROTOCOLS = ("modbus", "mqtt")
 
 
 def _service_and_tools(protocol: str, cfg: SiteConfig, adapter: Adapter | None) -> tuple[CoreService, Callable]:
@@ -31,6 +31,10 @@ def _service_and_tools(protocol: str, cfg: SiteConfig, adapter: Adapter | None) 
         from .modbus import build_modbus_service, register_modbus_tools
 
         return build_modbus_service(cfg, adapter), register_modbus_tools
+    if protocol == "mqtt":
+        from .mqtt import build_mqtt_service, register_mqtt_tools
+
+        return build_mqtt_service(cfg, adapter), register_mqtt_tools  # type: ignore[arg-type]
     raise ValueError(f"no MCP server for protocol '{protocol}' (expected one of {', '.join(PROTOCOLS)})")
 
 

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, WithJsonSchema
+from pydantic import AwareDatetime, BaseModel, Field, WithJsonSchema, field_validator
 
-from ..models import Limits, Reading, Value
+from ..models import Limits, Reading, Value, utcnow
 
 __all__ = [
+    "AgedReading",
+    "BrokerInfo",
+    "BrokerList",
     "DeviceInfo",
     "DeviceList",
     "HealthReport",
+    "MessageInfo",
+    "MessagePage",
     "PendingRestore",
     "PointInfo",
     "PointList",
+    "PublishResult",
     "ReadError",
     "ReadPointsResult",
     "RegisterValues",
+    "SubscribeResult",
 ]
 
 
@@ -90,9 +98,37 @@ class ReadError(BaseModel):
     point_ids: list[str] = Field(default_factory=list)
 
 
+class AgedReading(Reading):
+    """A reading as read_points answers it: with how old its sample was at answer time.
+
+    Polled protocols (Modbus) give about 0; pushed ones (MQTT) the time since the last message.
+    """
+
+    age_s: float | None = Field(default=None, description="Seconds since ts when answered; None without a value")
+
+    @classmethod
+    def of(cls, reading: Reading, now: datetime) -> AgedReading:
+        age = None if reading.value is None else round(max(0.0, (now - reading.ts).total_seconds()), 3)
+        # model_construct: the reading was validated when it was made; this only adds the age.
+        return cls.model_construct(**reading.__dict__, age_s=age)
+
+
 class ReadPointsResult(BaseModel):
-    readings: list[Annotated[Reading, flat_schema(Reading)]]
+    readings: list[Annotated[AgedReading, flat_schema(AgedReading)]]
     errors: list[Annotated[ReadError, flat_schema(ReadError)]] = Field(default_factory=list)
+
+    @field_validator("readings", mode="before")
+    @classmethod
+    def _age(cls, readings: Any) -> Any:
+        # Every server builds this from plain adapter Readings; the age is stamped here, once,
+        # so all protocols keep one result shape.
+        if not isinstance(readings, list):
+            return readings
+        now = utcnow()
+        return [
+            AgedReading.of(r, now) if isinstance(r, Reading) and not isinstance(r, AgedReading) else r
+            for r in readings
+        ]
 
 
 class PendingRestore(BaseModel):
@@ -119,3 +155,58 @@ class RegisterValues(BaseModel):
     count: int
     unit: int
     values: list[int] | list[bool]
+
+
+# -- MQTT ------------------------------------------------------------------------------------------
+class SubscribeResult(BaseModel):
+    device_id: str
+    topics: list[str] = Field(description="The filters just subscribed")
+    qos: int
+    subscriptions: list[str] = Field(description="Every filter this server now holds on the broker")
+
+
+class MessageInfo(BaseModel):
+    id: int
+    ts: AwareDatetime
+    device_id: str
+    topic: str
+    payload: str = Field(description="The payload as text, or base64 when it is not UTF-8 (see encoding)")
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+    size: int = Field(description="Payload size in bytes")
+    qos: int
+    retain: bool
+
+
+class MessagePage(BaseModel):
+    messages: list[Annotated[MessageInfo, flat_schema(MessageInfo)]]
+    next_since_id: int = Field(description="Pass as since_id to get the messages after these")
+    dropped: int = Field(description="Messages after since_id already evicted from the bounded buffer")
+    more: bool = Field(description="True when the limit cut the page short")
+
+
+class PublishResult(BaseModel):
+    device_id: str
+    topic: str
+    size: int
+    qos: int
+    retain: bool
+    audit_id: str
+
+
+class BrokerInfo(BaseModel):
+    device_id: str
+    broker: str = Field(description="host:port")
+    client_id: str
+    tls: bool
+    connected: bool
+    session_present: bool | None = None
+    subscriptions: list[str] = Field(default_factory=list)
+    received: int = 0
+    readings: int = 0
+    dead_letters: int = 0
+    reconnects: int = 0
+    last_error: str | None = None
+
+
+class BrokerList(BaseModel):
+    brokers: list[Annotated[BrokerInfo, flat_schema(BrokerInfo)]]

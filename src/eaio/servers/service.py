@@ -184,11 +184,20 @@ class CoreService:
     async def _write_checked(self, point: Point, value: Value, record: AuditRecord) -> WriteResult:
         before = await self.read_value(point)
         record.previous_value = before.value
-        if before.value is None:
+        if before.value is None and not _never_reported(before):
             # Unreadable now means unwritable too, and a temporary write could never be undone.
             code, message = _failure(before)
             err = DeviceError(f"cannot read '{point.id}' before writing: {message}", code=code, device=point.device_id)
             self._audit_error(record, WriteOutcome.FAILED, err)
+            raise err
+        if before.value is None and record.duration_s is not None:
+            # A pushed point that has reported nothing yet (e.g. a command-only MQTT topic) can be
+            # set, but a temporary write would have nothing to go back to.
+            err = DeviceError(
+                f"'{point.id}' has reported no value yet, so there is nothing to restore after duration_s; "
+                "write without duration_s, or wait for a value", code="invalid_argument", device=point.device_id,
+            )
+            self._audit_error(record, WriteOutcome.REFUSED, err)
             raise err
         if record.dry_run:
             record.outcome, record.message = WriteOutcome.DRY_RUN, "checks passed; nothing written"
@@ -201,9 +210,9 @@ class CoreService:
             raise
         # The value to restore is the one from before the first of overlapping overrides.
         original = self.restores.original_value(point.id)
-        restore_value: Value = original if original is not None else before.value
+        restore_value = original if original is not None else before.value
         restore_at = None
-        if record.duration_s is not None:
+        if record.duration_s is not None and restore_value is not None:
             restore_at = self.restores.schedule(point, restore_value, record.duration_s)
         else:
             self.restores.cancel(point.id)  # a permanent write supersedes a pending restore
@@ -254,6 +263,11 @@ class CoreService:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+def _never_reported(reading: Reading) -> bool:
+    """A push protocol's point that is reachable but has sent nothing yet (not a failure)."""
+    return (reading.detail or "").startswith("no_data:")
+
+
 def _connection_summary(device: Device) -> str:
     conn = getattr(device, "connection", None)
     if conn is None:

@@ -16,12 +16,15 @@ from datetime import datetime, timedelta
 __all__ = [
     "CP_AIR",
     "INPUTS",
+    "IOT_OFFSET",
     "MODELLED",
+    "SUBMETERS",
     "ZONES",
     "Building",
     "ZoneSpec",
     "chiller_cop",
     "outdoor_temp",
+    "relative_humidity",
 ]
 
 CP_AIR = 1.005  # kJ/(kg K)
@@ -30,6 +33,16 @@ SAT_TAU_S = 300.0
 CHWST_TAU_S = 600.0
 UNOCC_COOL_SP, UNOCC_HEAT_SP = 28.0, 16.0
 U32 = 2**32
+# Indoor air quality: CO2 and moisture balances of each zone's air volume.
+RHO_AIR = 1.2  # kg/m3
+CO2_OUTDOOR = 420.0  # ppm
+CO2_PER_PERSON = 20.0 / 3600 / 1000  # m3/s exhaled (~20 L/h, office work)
+MOISTURE_PER_PERSON = 70.0 / 3600  # g/s of water vapour (~70 g/h)
+INFILTRATION_ACH = 0.5  # air changes per hour leaking in through the envelope
+P_ATM = 1013.25  # hPa
+# Real IoT sensors disagree a little with the BMS: a fixed offset per zone (degC).
+IOT_OFFSET: dict[str, float] = {"zone1": 0.4, "zone2": -0.3, "zone3": 0.2}
+SUBMETERS = ("lighting", "plugs", "hvac")
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,8 @@ class ZoneSpec:
     max_reheat_kw: float
     always_empty: bool = False
     initial_temp: float = 23.0
+    volume_m3: float = 400.0
+    people: int = 10  # when occupied
 
 
 # zone2 faces south and its airflow is undersized: on a sunny afternoon it settles ~26 degC,
@@ -52,7 +67,8 @@ class ZoneSpec:
 ZONES: tuple[ZoneSpec, ...] = (
     ZoneSpec("zone1", 3000, 0.15, 1.0, 0.6, 1.5, 1.0, 3.0, initial_temp=23.2),
     ZoneSpec("zone2", 3000, 0.15, 0.55, 4.0, 1.5, 1.0, 3.0, initial_temp=25.5),
-    ZoneSpec("zone3", 2000, 0.10, 0.6, 1.0, 0.8, 1.5, 2.0, always_empty=True, initial_temp=22.5),
+    ZoneSpec("zone3", 2000, 0.10, 0.6, 1.0, 0.8, 1.5, 2.0, always_empty=True, initial_temp=22.5,
+             volume_m3=250.0, people=15),
 )
 
 # Writable inputs and their defaults.
@@ -72,6 +88,9 @@ _OUTPUTS = (
     "ahu1.duct_static", "ahu1.fan_status", "chiller.power", "chiller.cop", "chiller.chwst",
     "meter.power", "meter.energy",
     *(f"{z.name}.{k}" for z in ZONES for k in ("temp", "occ_mode", "occ", "damper", "reheat")),
+    # What the IoT sensors and the electric sub-meters see (the sim's MQTT face).
+    *(f"{z.name}.{k}" for z in ZONES for k in ("iot_temp", "rh", "co2", "iot_occ")),
+    *(f"submeter.{m}" for m in SUBMETERS),
 )
 MODELLED: frozenset[str] = frozenset(INPUTS) | frozenset(_OUTPUTS)
 
@@ -91,6 +110,29 @@ def solar_fraction(hour: float) -> float:
     if hour <= 13.0:
         return math.sin(math.pi / 2 * (hour - 6.0) / 7.0)
     return math.cos(math.pi / 2 * (hour - 13.0) / 7.0)
+
+
+def outdoor_moisture(hour: float) -> float:
+    """Outdoor humidity ratio (g/kg): a humid summer, a little drier in the afternoon."""
+    return 10.5 - 1.0 * solar_fraction(hour)
+
+
+def _vapour_pressure_sat(t: float) -> float:
+    """Saturation vapour pressure over water (hPa), Magnus formula."""
+    return 6.112 * math.exp(17.62 * t / (243.12 + t))
+
+
+def saturation_moisture(t: float) -> float:
+    """Humidity ratio (g/kg) of saturated air at ``t`` degC."""
+    e = _vapour_pressure_sat(t)
+    return 622.0 * e / (P_ATM - e)
+
+
+def relative_humidity(w: float, t: float) -> float:
+    """%RH of air with humidity ratio ``w`` (g/kg) at ``t`` degC, shown as a sensor would (30..65 %
+    is what this building's sensors ever see: the coil dries the air, nobody humidifies it)."""
+    e = w * P_ATM / (622.0 + w)
+    return _clamp(100.0 * e / _vapour_pressure_sat(t), 30.0, 65.0)
 
 
 def chiller_cop(oat: float, chwst_sp: float) -> float:
@@ -114,6 +156,8 @@ class Building:
     meter_start_wh: int = U32 - 1 - 20_000
     state: dict[str, float | bool] = field(default_factory=dict)
     _energy_wh: float = 0.0  # fractional Wh not yet counted
+    # Zone humidity ratios (g/kg): hidden state behind the %RH the sensors report.
+    _moisture: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         s = self.state
@@ -123,6 +167,9 @@ class Building:
             s.setdefault(f"{z.name}.temp", z.initial_temp)
         s.setdefault("ahu1.sat", float(s["ahu1.sat_sp"]))
         s.setdefault("chiller.chwst", float(s["chiller.chwst_sp"]))
+        for z in ZONES:
+            s.setdefault(f"{z.name}.co2", 550.0)
+            self._moisture.setdefault(z.name, 0.5 * saturation_moisture(z.initial_temp))
         s.setdefault("meter.energy", float(self.meter_start_wh % U32) / 1000.0)
         self._counter = self.meter_start_wh % U32
         self._outputs(0.0)
@@ -194,7 +241,27 @@ class Building:
             q_hvac = self._airflow(z) * CP_AIR * (sat - t) + float(s[f"{z.name}.reheat"])
             q = z.ua_kw_k * (oat - t) + q_int + z.solar_peak_kw * sun + q_hvac
             s[f"{z.name}.temp"] = t + dt * q / z.capacity_kj_k
+            self._air_quality(z, dt)
         self._ahu_and_plant(dt)
+
+    def _air_quality(self, z: ZoneSpec, dt: float) -> None:
+        """CO2 and moisture: well-mixed balances, integrated exactly (they relax exponentially)."""
+        s = self.state
+        people = z.people if s[f"{z.name}.occ"] else 0
+        supply = self._airflow(z)  # kg/s
+        outdoor = supply * float(s["ahu1.oa_damper"]) / 100.0 + INFILTRATION_ACH * z.volume_m3 * RHO_AIR / 3600
+        # CO2 (ppm): exhaled CO2 against outdoor air at 420 ppm (recirculated air changes nothing).
+        co2_ss = CO2_OUTDOOR + people * CO2_PER_PERSON * 1e6 * RHO_AIR / outdoor
+        s[f"{z.name}.co2"] = _lag(float(s[f"{z.name}.co2"]), co2_ss, dt, z.volume_m3 * RHO_AIR / outdoor)
+        # Moisture (g/kg): people add vapour; outdoor air brings its own; a chilling coil dries supply air.
+        w, w_out = self._moisture[z.name], outdoor_moisture(self.hour)
+        oa = float(s["ahu1.oa_damper"]) / 100.0
+        w_mix = oa * w_out + (1 - oa) * w  # the other zones' return air is treated as this zone's
+        w_supply = min(w_mix, saturation_moisture(float(s["ahu1.sat"]) + 1.0)) if s["chiller.power"] else w_mix
+        infil = outdoor - supply * oa
+        flow = supply + infil
+        w_ss = (supply * w_supply + infil * w_out + people * MOISTURE_PER_PERSON) / flow
+        self._moisture[z.name] = _lag(w, w_ss, dt, z.volume_m3 * RHO_AIR / flow)
 
     def _ahu_and_plant(self, dt: float) -> None:
         s = self.state
@@ -231,6 +298,10 @@ class Building:
         reheat = sum(float(s[f"{z.name}.reheat"]) for z in ZONES)
         power = base + fan_kw + float(s["chiller.power"]) + reheat
         s["meter.power"] = power
+        # Sub-meters split the same power: lighting and plugs share the base load, hvac is the rest.
+        lighting = base * (0.55 if base > 3.0 else 0.3)
+        s.update({"submeter.lighting": lighting, "submeter.plugs": base - lighting,
+                  "submeter.hvac": fan_kw + float(s["chiller.power"]) + reheat})
         self._energy_wh += power * 1000.0 * dt / 3600.0
         whole = int(self._energy_wh)
         self._energy_wh -= whole
@@ -247,6 +318,9 @@ class Building:
             damper, reheat = self._zone_control(z)
             s.update({f"{z.name}.damper": damper, f"{z.name}.reheat": reheat,
                       f"{z.name}.occ_mode": self.occupied_mode(z.name), f"{z.name}.occ": self.occupancy(z)})
+            s.update({f"{z.name}.iot_temp": float(s[f"{z.name}.temp"]) + IOT_OFFSET.get(z.name, 0.0),
+                      f"{z.name}.iot_occ": s[f"{z.name}.occ"],
+                      f"{z.name}.rh": relative_humidity(self._moisture[z.name], float(s[f"{z.name}.temp"]))})
             demand += z.design_airflow * damper / 100
         design = sum(z.design_airflow for z in ZONES)
         speed = _clamp(100.0 * demand / design, 20.0, 100.0) if fan_on else 0.0

@@ -1,4 +1,5 @@
-"""Run the virtual building: physics on a sim clock, faults, one Modbus face per device.
+"""Run the virtual building: physics on a sim clock, faults, one Modbus face per device, and
+an MQTT face (IoT sensors, sub-meters, setpoint commands) when ``sim.mqtt`` names a device.
 
 ``Simulation`` is the async context manager (use it inside an event loop you own);
 ``SimThread`` runs one in a daemon thread with its own loop, for sync tests and tools.
@@ -24,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from ..config import SimFaultSpec, SiteConfig
 from ..errors import EaioError
 from .faces.modbus import ModbusFace
+from .faces.mqtt import MqttFace
 from .faults import FaultBook
 from .physics import MODELLED, Building
 
@@ -65,6 +67,7 @@ class Simulation:
             d.id: ModbusFace(d, self._client_write, strict_gaps=d.id in cfg.sim.strict_gaps)
             for d in cfg.devices_for("modbus")
         }
+        self.mqtt_face = self._mqtt_face(cfg)
         self.served: dict[str, Value] = {}
         self.step = 0
         self.elapsed = 0.0  # sim seconds since start
@@ -74,6 +77,20 @@ class Simulation:
         self._loop_task: asyncio.Task[None] | None = None
         self._restarting: set[str] = set()
         self._refresh()
+
+    def _mqtt_face(self, cfg: SiteConfig) -> MqttFace | None:
+        settings = cfg.sim.mqtt
+        if settings is None:
+            return None
+        device = next((d for d in cfg.devices_for("mqtt") if d.id == settings.device), None)
+        if device is None:  # load_config refuses this; a hand-built SiteConfig may not
+            raise KeyError(f"sim.mqtt.device: '{settings.device}' is not an MQTT device")
+        return MqttFace(device, settings, settings.prefix or cfg.site.id, self._client_write)
+
+    def sensor_value(self, point_id: str) -> Value:
+        """What a sensor reports: the served value of a configured point, else the physics'."""
+        served = self.served.get(point_id)
+        return served if served is not None else self.true_value(point_id)
 
     # -- the public surface -------------------------------------------------------------------
     @property
@@ -146,6 +163,9 @@ class Simulation:
             for face in self.faces.values():
                 await face.start()
             self._apply_offline()
+            if self.mqtt_face is not None:
+                self.mqtt_face.start()
+                self.mqtt_face.step(self.elapsed, self.sim_time, self.sensor_value)
             if self.cfg.sim.control_port is not None:
                 from .control import ControlServer
 
@@ -172,6 +192,8 @@ class Simulation:
             self._control = None
         for face in self.faces.values():
             face.stop()
+        if self.mqtt_face is not None:
+            self.mqtt_face.stop()
         await asyncio.sleep(0)  # let the closed transports run their connection_lost
 
     # -- the clock ----------------------------------------------------------------------------
@@ -190,6 +212,8 @@ class Simulation:
         self.step += 1
         self.faults.expire(self.elapsed)
         self._refresh()
+        if self.mqtt_face is not None:
+            self.mqtt_face.step(self.elapsed, self.sim_time, self.sensor_value)
 
     def _refresh(self) -> None:
         served: dict[str, Value] = {}
@@ -381,6 +405,10 @@ async def run_sim(
             for dev in cfg.devices_for("modbus"):
                 c = dev.connection
                 print(f"{dev.id}  modbus tcp {c.host}:{c.port} unit {c.unit}", flush=True)
+            if sim.mqtt_face is not None:
+                face = sim.mqtt_face
+                c = face.device.connection
+                print(f"{face.device.id}  mqtt {c.host}:{c.port} topics {face.prefix}/...", flush=True)
             print(f"control  {sim.control_url or 'off (sim.control_port not set)'}", flush=True)
             print(f"sim clock  {sim.sim_time:%Y-%m-%d %H:%M} x{sim.speed:g}", flush=True)
             with contextlib.suppress(TimeoutError):

@@ -1,0 +1,559 @@
+"""The MQTT adapter: one paho-mqtt 2.x client per device (broker connection).
+
+Each client runs paho's network thread (``loop_start``), which also reconnects with backoff
+(``reconnect_min_s`` doubling to ``reconnect_max_s``) for as long as the adapter is open.
+Messages are decoded in that thread (``mqtt_payload``, pure) into the last-value table, the
+bounded message buffer and a pending batch; one asyncio task hands each batch to the
+subscribers, so the event loop is woken once per batch, not once per message.
+No paho type leaves this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import logging
+import math
+import ssl
+import sys
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Self
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from ..errors import DeviceError
+from ..models import DeadLetter, MqttDevice, MqttPoint, Point, Quality, Reading, Reason, Value
+from .base import ReadingCallback
+from .mqtt_payload import PayloadDecoder
+
+__all__ = ["DeadLetterCallback", "MqttAdapter"]
+
+log = logging.getLogger(__name__)
+
+DeadLetterCallback = Callable[[DeadLetter], Awaitable[None]]
+
+
+def _check_filter(topic: str) -> None:
+    levels = topic.split("/") if topic else []
+    if not levels or len(topic.encode()) > 65535:
+        raise ValueError("a topic filter must be 1..65535 bytes")
+    for i, level in enumerate(levels):
+        if ("#" in level and (level != "#" or i != len(levels) - 1)) or ("+" in level and level != "+"):
+            raise ValueError(f"'{topic}' is not a valid topic filter ('+' a whole level, '#' the last one)")
+
+
+@dataclass
+class _Subscriber:
+    point_ids: frozenset[str]
+    device_ids: frozenset[str]
+    callback: ReadingCallback
+    on_dead_letter: DeadLetterCallback | None
+
+
+@dataclass
+class _Stats:
+    connected: bool = False
+    subscribed: bool = False  # the device's subscriptions are acknowledged on this connection
+    session_present: bool | None = None
+    last_error: str | None = None
+    reconnects: int = 0
+    connects: int = 0
+    received: int = 0
+    readings: int = 0
+    dead_letters: int = 0
+    extra: dict[str, int] = field(default_factory=dict)  # raw filters (subscribe_topics) -> qos
+
+
+class _Link:
+    """One device's paho client and state. Callbacks run in paho's network thread."""
+
+    def __init__(self, adapter: MqttAdapter, device: MqttDevice, role: str) -> None:
+        self.adapter, self.device = adapter, device
+        conn = device.connection
+        self.where = f"{conn.host}:{conn.port}"
+        self.client_id = f"{conn.client_id or 'eaio'}-{device.id}-{role}"
+        self.decoder = PayloadDecoder(device)
+        self.stats = _Stats()
+        self.client: paho.Client | None = None
+        self.first_answer = asyncio.Event()  # set (from the network thread) on the first CONNACK or failure
+        self._waiters: dict[int, tuple[asyncio.Future[Any], asyncio.AbstractEventLoop]] = {}
+        self._waiters_lock = threading.RLock()
+        self._cause: str | None = None  # the last socket error paho logged
+        self._subscribe_mid: int | None = None  # the SUBSCRIBE made on connect
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        conn = self.device.connection
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=conn.clean_session,
+            protocol=paho.MQTTv311,
+        )
+        client.suppress_exceptions = True  # an exception in a callback must not end the network thread
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(conn.reconnect_min_s, max(conn.reconnect_min_s, conn.reconnect_max_s))
+        if conn.username is not None:
+            client.username_pw_set(conn.username, conn.password)
+        if conn.tls is not None:
+            try:
+                client.tls_set(
+                    ca_certs=conn.tls.ca, certfile=conn.tls.cert, keyfile=conn.tls.key,
+                    cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
+            except (OSError, ValueError, ssl.SSLError) as err:
+                # Retrying cannot fix unreadable certificates: report it and leave this device off.
+                self.stats.last_error = f"tls_error: cannot load CA/certificate/key: {err}"
+                log.error("mqtt %s: %s", self.device.id, self.stats.last_error)
+                self._answered()
+                return
+            client.tls_insecure_set(conn.tls.insecure)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_ack
+        client.on_subscribe = self._on_suback
+        client.on_log = self._on_log
+        client.connect_async(conn.host, conn.port, keepalive=conn.keepalive_s)
+        client.loop_start()
+        self.client = client
+
+    def stop(self) -> None:
+        """Blocking (joins the network thread): run it off the event loop."""
+        client, self.client = self.client, None
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+        self.stats.connected = False
+        with self._waiters_lock:
+            waiters, self._waiters = self._waiters, {}
+        for fut, loop in waiters.values():
+            loop.call_soon_threadsafe(_fail, fut, DeviceError(
+                f"{self.device.id}: adapter closed", code="device_offline", device=self.device.id))
+
+    def _answered(self) -> None:
+        loop = self.adapter.loop
+        if loop is not None and not self.first_answer.is_set():
+            loop.call_soon_threadsafe(self.first_answer.set)
+
+    # -- paho callbacks (network thread) --------------------------------------------------
+
+    def _on_connect(self, client: paho.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            self.stats.last_error = f"refused: broker {self.where} answered CONNACK '{reason}'"
+            log.warning("mqtt %s: %s; retrying", self.device.id, self.stats.last_error)
+            self._answered()
+            return
+        first = self.stats.connects == 0
+        self.stats.connects += 1
+        if not first:
+            self.stats.reconnects += 1
+        self.stats.connected, self.stats.session_present = True, bool(flags.session_present)
+        level = logging.INFO if first else logging.WARNING
+        log.log(level, "mqtt %s: %s %s as %s (session present: %s)", self.device.id,
+                "connected to" if first else "reconnected to", self.where, self.client_id, flags.session_present)
+        # The first connect always subscribes (a stored session may hold another config's
+        # filters); later ones only when the broker kept no session for us.
+        filters = self.filters()
+        if filters and (first or not flags.session_present):
+            self.stats.subscribed = False
+            _rc, self._subscribe_mid = client.subscribe(list(filters.items()))
+        else:
+            self._subscribed()
+
+    def _subscribed(self, ok: bool = True) -> None:
+        # "Ready" means subscribed: a message published right after __aenter__ returns must
+        # not race our SUBSCRIBE to the broker.
+        self.stats.subscribed = ok
+        self._answered()
+
+    def _on_connect_fail(self, _client: paho.Client, _u: Any) -> None:
+        # paho calls this inside its `except OSError:` block, so the cause is the exception
+        # being handled; paho itself logs only "Connection failed, retrying" at DEBUG.
+        err = sys.exception()
+        self.stats.connected = False
+        self.stats.last_error = f"device_offline: cannot connect to {self.where}: {err or 'connection failed'}"
+        log.warning("mqtt %s: %s; retrying with backoff", self.device.id, self.stats.last_error)
+        self._answered()
+
+    def _on_disconnect(self, _client: paho.Client, _u: Any, _flags: Any, reason: Any, _p: Any) -> None:
+        was = self.stats.connected
+        self.stats.connected = self.stats.subscribed = False
+        if self.client is None:  # our own disconnect() at close
+            return
+        # A socket/TLS error logged just before says more than paho's "unspecified error".
+        cause, self._cause = self._cause, None
+        self.stats.last_error = f"device_offline: disconnected from {self.where}: {cause or reason}"
+        if was:
+            log.warning("mqtt %s: %s; reconnecting with backoff", self.device.id, self.stats.last_error)
+
+    def _on_log(self, _client: paho.Client, _u: Any, level: int, message: str) -> None:
+        # Socket and TLS errors (e.g. a broker refusing our certificate) reach us only here.
+        if level == paho.MQTT_LOG_ERR:
+            self._cause = message
+            self.stats.last_error = f"device_offline: {message}"
+            log.warning("mqtt %s: %s", self.device.id, message)
+
+    def _on_message(self, _client: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        received = datetime.now(UTC)
+        topic, payload = msg.topic, msg.payload
+        stats = self.stats
+        stats.received += 1
+        self.adapter.remember(self.device.id, received, topic, payload, msg.qos, msg.retain)
+        if self.stats.extra and not self.decoder.matches(topic) and self._raw_only(topic):
+            return  # asked for by subscribe_topics only: buffered, not a dead letter
+        readings, dead = self.decoder.decode(topic, payload, received)
+        stats.readings += len(readings)
+        stats.dead_letters += len(dead)
+        self.adapter.arrived(readings, dead)
+
+    def _raw_only(self, topic: str) -> bool:
+        # tuple(dict) copies in one C call: the event loop may add filters meanwhile.
+        return any(paho.topic_matches_sub(f, topic) for f in tuple(self.stats.extra))
+
+    def _on_ack(self, _client: paho.Client, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        self._resolve(mid, None if not reason.is_failure else f"broker refused: {reason}")
+
+    def _on_suback(self, _client: paho.Client, _u: Any, mid: int, reasons: list[Any], _p: Any) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            self.stats.last_error = f"protocol_error: broker refused a subscription: {', '.join(refused)}"
+            log.warning("mqtt %s: %s", self.device.id, self.stats.last_error)
+        if mid == self._subscribe_mid:
+            self._subscribe_mid = None
+            self._subscribed(ok=not refused)
+        self._resolve(mid, self.stats.last_error if refused else None)
+
+    def _resolve(self, mid: int, error: str | None) -> None:
+        with self._waiters_lock:
+            waiter = self._waiters.pop(mid, None)
+        if waiter is not None:
+            fut, loop = waiter
+            if error is None:
+                loop.call_soon_threadsafe(_succeed, fut)
+            else:
+                loop.call_soon_threadsafe(_fail, fut, DeviceError(
+                    f"{self.device.id}: {error}", code="protocol_error", device=self.device.id))
+
+    # -- requests (event loop) ------------------------------------------------------------
+
+    def filters(self) -> dict[str, int]:
+        filters = {s.topic: s.qos for s in self.device.subscriptions}
+        for topic, qos in dict(self.stats.extra).items():  # a copy: the loop may add filters meanwhile
+            filters[topic] = max(qos, filters.get(topic, 0))
+        return filters
+
+    async def request(self, send: Callable[[paho.Client], tuple[MQTTErrorCode, int | None]],
+                      what: str, wait: bool, point: str | None = None) -> None:
+        """Send a PUBLISH/SUBSCRIBE and (when ``wait``) await its acknowledgement."""
+        client = self.client
+        if client is None or not self.stats.connected:
+            raise DeviceError(
+                f"{self.device.id}: not connected to {self.where} ({self.stats.last_error or 'connecting'}); "
+                f"{what} not sent", code="device_offline", device=self.device.id, point=point,
+            )
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        # Held while sending: the acknowledgement may arrive in the network thread before
+        # paho returns the message id, and must find the future registered.
+        with self._waiters_lock:
+            rc, mid = send(client)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+                raise DeviceError(f"{self.device.id}: {what} failed: {paho.error_string(rc)}",
+                                  code="device_offline", device=self.device.id, point=point)
+            if not wait:
+                return
+            self._waiters[mid] = (fut, loop)
+        timeout = self.device.connection.timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
+            raise DeviceError(f"{self.device.id}: no acknowledgement for {what} within {timeout}s",
+                              code="timeout", device=self.device.id, point=point) from None
+        finally:
+            with self._waiters_lock:
+                self._waiters.pop(mid, None)
+
+    def health(self) -> dict[str, object]:
+        s = self.stats
+        return {
+            "device_id": self.device.id, "broker": self.where, "client_id": self.client_id,
+            "connected": s.connected, "online": s.connected, "subscribed": s.subscribed,
+            "session_present": s.session_present,
+            "last_error": s.last_error, "reconnects": s.reconnects, "received": s.received,
+            "readings": s.readings, "dead_letters": s.dead_letters, "subscriptions": list(self.filters()),
+        }
+
+
+def _succeed(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _fail(fut: asyncio.Future[Any], err: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(err)
+
+
+def _encode_command(point: MqttPoint, value: Value) -> bytes:
+    """The command payload: a plain number / true / false, or JSON {field: value}."""
+    if point.value_type == "bool":
+        if isinstance(value, float) or value not in (True, False):  # 0 and 1 compare equal to the bools
+            raise ValueError("a bool point takes true/false or 1/0")
+        value = bool(value)
+    elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError("a number point takes a finite number")
+    command = point.command
+    assert command is not None
+    if command.format == "json":
+        return json.dumps({command.field: value}).encode()
+    return (("true" if value else "false") if isinstance(value, bool) else repr(value)).encode()
+
+
+class MqttAdapter:
+    """Readings, commands and raw messages of MQTT devices. Never connects in the constructor."""
+
+    protocol = "mqtt"
+
+    def __init__(self, devices: Sequence[MqttDevice], *, role: str = "eaio", buffer_size: int = 10_000) -> None:
+        self._devices = list(devices)
+        self._links = {d.id: _Link(self, d, role) for d in self._devices}
+        self._points: dict[str, MqttPoint] = {p.id: p for d in self._devices for p in d.points}
+        self._last: dict[str, Reading] = {}
+        self._subscribers: list[_Subscriber] = []
+        # Shared with the network threads; every section under it is a few list/deque operations.
+        self._lock = threading.Lock()
+        self._buffer: deque[tuple[int, datetime, str, str, bytes, int, bool]] = deque(maxlen=max(1, buffer_size))
+        self._ids = itertools.count(1)
+        self._pending: tuple[list[Reading], list[DeadLetter]] = ([], [])
+        self._wake_scheduled = False
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._pump: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def __aenter__(self) -> Self:
+        self.loop = asyncio.get_running_loop()
+        self._wake, self._closing, self._wake_scheduled = asyncio.Event(), False, False
+        self._pump = asyncio.create_task(self._deliver(), name="mqtt-deliver")
+        for link in self._links.values():
+            link.first_answer = asyncio.Event()
+            link.start()
+        await asyncio.gather(*(self._first_answer(link) for link in self._links.values()))
+        return self
+
+    async def _first_answer(self, link: _Link) -> None:
+        timeout = link.device.connection.timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await link.first_answer.wait()
+        except TimeoutError:
+            log.warning("mqtt %s: no answer from %s within %ss; still trying in the background",
+                        link.device.id, link.where, timeout)
+
+    async def __aexit__(self, *exc: object) -> None:
+        # Stop the clients first, then deliver what they received: QoS 1 messages are already
+        # acknowledged to the broker, so dropping the last batch would lose them.
+        await asyncio.gather(*(asyncio.to_thread(link.stop) for link in self._links.values()))
+        self._closing = True
+        self._wake.set()
+        if self._pump is not None:
+            try:
+                async with asyncio.timeout(10):
+                    await self._pump
+            except TimeoutError:
+                log.warning("mqtt: subscribers still busy at close; last batch dropped")
+                self._pump.cancel()
+            self._pump = None
+        self.loop = None
+
+    # -- what the network threads call -----------------------------------------------------
+
+    def remember(self, device_id: str, received: datetime, topic: str, payload: bytes, qos: int,
+                 retain: bool) -> None:
+        with self._lock:
+            self._buffer.append((next(self._ids), received, device_id, topic, payload, qos, retain))
+
+    def arrived(self, readings: list[Reading], dead: list[DeadLetter]) -> None:
+        last = self._last
+        for r in readings:
+            last[r.point_id] = r
+        if not self._subscribers or not (readings or dead):
+            return
+        with self._lock:
+            self._pending[0].extend(readings)
+            self._pending[1].extend(dead)
+            if self._wake_scheduled or self.loop is None:
+                return
+            self._wake_scheduled = True
+        self.loop.call_soon_threadsafe(self._wake.set)
+
+    async def _deliver(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                self._wake_scheduled = False
+                (readings, dead), self._pending = self._pending, ([], [])
+            for i, sub in enumerate(list(self._subscribers)):
+                await self._hand(sub, readings, dead, copy=i > 0)
+            if self._closing:
+                return
+
+    async def _hand(self, sub: _Subscriber, readings: list[Reading], dead: list[DeadLetter], copy: bool) -> None:
+        mine = [r for r in readings if r.point_id in sub.point_ids]
+        if copy:  # each subscriber may mark its readings (validation) without touching another's
+            mine = [r.model_copy(update={"reasons": list(r.reasons)}) for r in mine]
+        try:
+            if mine:
+                await sub.callback(mine)
+            if sub.on_dead_letter is not None:
+                for letter in dead:
+                    if letter.source.removeprefix("mqtt:") in sub.device_ids:
+                        await sub.on_dead_letter(letter)
+        except Exception:  # one failing subscriber must not stop delivery
+            log.exception("mqtt: a subscriber callback failed; its batch of %d readings is dropped", len(mine))
+
+    # -- the adapter interface -------------------------------------------------------------
+
+    def devices(self) -> list[MqttDevice]:
+        return list(self._devices)
+
+    def point(self, point_id: str) -> MqttPoint | None:
+        return self._points.get(point_id)
+
+    def points(self) -> list[MqttPoint]:
+        return list(self._points.values())
+
+    async def read(self, points: Sequence[Point]) -> list[Reading]:
+        """The last value received per point (ts = its sample time). Never raises."""
+        out: list[Reading] = []
+        for point in points:
+            known = self._points.get(point.id)
+            last = self._last.get(point.id)
+            if known is None:
+                out.append(Reading(point_id=point.id, value=None, unit=point.unit, quality=Quality.BAD,
+                                   reasons=["unknown_point"], detail=f"unknown_point: {point.id} is not an MQTT point"))
+            elif last is None:
+                out.append(Reading(point_id=known.id, value=None, unit=known.unit, device_id=known.device_id,
+                                   quality=Quality.UNCERTAIN, reasons=[Reason.STALE.value],
+                                   detail=f"no_data: nothing received for {known.id} yet"))
+            else:
+                # A copy: callers mark readings, and the table must keep what the device sent.
+                out.append(last.model_copy(update={"reasons": list(last.reasons)}))
+        return out
+
+    async def subscribe(self, points: Sequence[Point], callback: ReadingCallback,
+                        on_dead_letter: DeadLetterCallback | None = None) -> None:
+        """Register ``callback`` for batches of readings of ``points`` (and ``on_dead_letter`` for
+        the dead letters of their devices) until the adapter closes. Returns at once."""
+        ids = frozenset(p.id for p in points if p.id in self._points)
+        unknown = [p.id for p in points if p.id not in self._points]
+        if unknown:
+            log.warning("mqtt: subscribe ignores points it does not serve: %s", ", ".join(unknown[:10]))
+        devices = frozenset(self._points[i].device_id for i in ids)
+        self._subscribers.append(_Subscriber(ids, devices, callback, on_dead_letter))
+
+    async def write(self, point: Point, value: Value) -> None:
+        """Publish ``value`` to the point's command topic; for QoS >= 1 wait for the PUBACK."""
+        mp = self._points.get(point.id)
+        if mp is None:
+            raise DeviceError(f"no MQTT point '{point.id}'", code="unknown_point", point=point.id)
+        if mp.command is None:
+            raise DeviceError(f"{mp.id} has no command topic", code="not_writable", device=mp.device_id, point=mp.id)
+        try:
+            payload = _encode_command(mp, value)
+        except ValueError as err:
+            raise DeviceError(f"{value!r} cannot be written to {mp.id}: {err}", code="invalid_argument",
+                              device=mp.device_id, point=mp.id) from err
+        cmd = mp.command
+        await self._links[mp.device_id].request(
+            lambda c: _publish(c, cmd.topic, payload, cmd.qos, cmd.retain),
+            f"command to '{cmd.topic}'", wait=cmd.qos >= 1, point=mp.id,
+        )
+
+    async def publish(self, device_id: str, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        """Publish raw bytes through ``device_id``'s connection (allow-lists live above this)."""
+        link = self._link(device_id)
+        if not topic or "+" in topic or "#" in topic or len(topic.encode()) > 65535:
+            raise DeviceError(f"'{topic}' is not a topic one can publish to", code="invalid_argument",
+                              device=device_id)
+        if qos not in (0, 1, 2):
+            raise DeviceError(f"qos must be 0, 1 or 2, not {qos!r}", code="invalid_argument", device=device_id)
+        data = payload.encode() if isinstance(payload, str) else bytes(payload)
+        await link.request(lambda c: _publish(c, topic, data, qos, retain), f"publish to '{topic}'", wait=qos >= 1)
+
+    async def subscribe_topics(self, device_id: str, filters: list[str], qos: int = 0) -> None:
+        """Subscribe to raw topic filters; what arrives goes to ``messages()``. Waits for the SUBACK."""
+        link = self._link(device_id)
+        if qos not in (0, 1, 2):
+            raise DeviceError(f"qos must be 0, 1 or 2, not {qos!r}", code="invalid_argument", device=device_id)
+        try:
+            for f in filters:
+                _check_filter(f)
+        except ValueError as err:
+            raise DeviceError(str(err), code="invalid_argument", device=device_id) from err
+        if not filters:
+            return
+        new = [f for f in filters if f not in link.stats.extra]
+        for f in filters:  # remembered first: a reconnect while we wait re-makes them too
+            link.stats.extra[f] = max(qos, link.stats.extra.get(f, 0))
+        try:
+            await link.request(lambda c: c.subscribe([(f, qos) for f in filters]),
+                               f"subscribe to {', '.join(filters)}", wait=True)
+        except DeviceError:
+            for f in new:
+                link.stats.extra.pop(f, None)
+            raise
+
+    def messages(self, since_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Received messages with id > ``since_id``, oldest first, at most ``limit``."""
+        if limit <= 0:
+            return []
+        with self._lock:
+            if not self._buffer:
+                return []
+            start = max(0, since_id - self._buffer[0][0] + 1)  # ids are consecutive in the buffer
+            rows = list(itertools.islice(self._buffer, start, start + limit))
+        return [_message(*row) for row in rows]
+
+    def dead_letters(self) -> int:
+        return sum(link.stats.dead_letters for link in self._links.values())
+
+    def health(self) -> list[dict[str, object]]:
+        """Per device: device_id, broker, client_id, connected (= online), subscribed, session_present,
+        last_error, reconnects, received, readings, dead_letters, subscriptions."""
+        return [link.health() for link in self._links.values()]
+
+    def request_count(self) -> int:
+        """Messages received since start (kept for symmetry with the Modbus adapter)."""
+        return sum(link.stats.received for link in self._links.values())
+
+    def _link(self, device_id: str) -> _Link:
+        link = self._links.get(device_id)
+        if link is None:
+            raise DeviceError(f"no MQTT device '{device_id}'", code="invalid_argument", device=device_id)
+        return link
+
+
+def _publish(client: paho.Client, topic: str, payload: bytes, qos: int, retain: bool) -> tuple[MQTTErrorCode, int]:
+    info = client.publish(topic, payload, qos=qos, retain=retain)
+    return info.rc, info.mid
+
+
+def _message(mid: int, ts: datetime, device_id: str, topic: str, payload: bytes, qos: int,
+             retain: bool) -> dict[str, Any]:
+    try:
+        text, encoding = payload.decode(), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(payload).decode(), "base64"
+    return {"id": mid, "ts": ts.isoformat(), "device_id": device_id, "topic": topic, "payload": text,
+            "encoding": encoding, "qos": qos, "retain": retain}
