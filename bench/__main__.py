@@ -13,14 +13,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from . import demo_memory, mcp_read, scan
+from . import demo_memory, mcp_read, mqtt, scan
 
 OUT = Path(__file__).resolve().parent / "results"
 
 
 def main(argv: list[str]) -> int:
-    """``python -m bench [scan] [mcp] [memory]`` — all three when none is named."""
-    wanted = set(argv) or {"scan", "mcp", "memory"}
+    """``python -m bench [scan] [mcp] [memory] [mqtt]`` — all of them when none is named."""
+    wanted = set(argv) or {"scan", "mcp", "memory", "mqtt"}
     console = Console()
     results: dict[str, object] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -34,6 +34,9 @@ def main(argv: list[str]) -> int:
     if "mcp" in wanted:
         with console.status("read_points of 100 points over MCP stdio..."):
             results["mcp_read_points"] = mcp_read.run()
+    if "mqtt" in wanted:
+        with console.status("MQTT: Mosquitto into the store vs raw paho..."):
+            results["mqtt_ingest"] = mqtt.run()
     if "memory" in wanted:
         with console.status(f"demo for {demo_memory.DURATION_S:.0f} s, sampling memory..."):
             results["demo_memory"] = demo_memory.run()
@@ -64,6 +67,14 @@ def _table(results: dict[str, Any]) -> Table:
         t.add_row("read_points(100), raw JSON-RPC on stdio: p50 / p95",
                   f"{m['wire_p50_ms']:.2f} / {m['wire_p95_ms']:.2f} ms", "",
                   f"+{m['server_overhead_p50_ms']:.2f} ms over adapter", "")
+    if q := results.get("mqtt_ingest"):
+        one, fifty = q["one_reading_per_message"], q["fifty_readings_per_message"]
+        t.add_row("MQTT QoS 0, 1 reading/message: messages/s into SQLite",
+                  f"{one['eaio']['messages_per_s']:,.0f}", f"{one['raw_paho']['messages_per_s']:,.0f} (raw paho)",
+                  f"{one['ratio_to_raw']:.0%} of raw", ">= 80 %")
+        t.add_row("MQTT QoS 0, 50 readings/message: readings/s into SQLite",
+                  f"{fifty['eaio']['readings_per_s']:,.0f}", f"{fifty['raw_paho']['readings_per_s']:,.0f} (raw paho)",
+                  f"{fifty['ratio_to_raw']:.0%} of raw", ">= 100,000/s")
     for role, mb in sorted(results.get("demo_memory", {}).get("peak_rss_mb", {}).items()):
         target = {"modbus-server": "<= 100 MB", "ingest": "<= 150 MB"}.get(role, "")
         t.add_row(f"demo peak RSS: {role}", f"{mb:.0f} MB", "", "", target)

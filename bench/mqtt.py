@@ -146,28 +146,23 @@ def eaio_ingest(tmp: Path, port: int, n: int, fields: int, timeout: float = 120)
     want = n * fields
 
     async def run() -> dict[str, float]:
+        # Entering Ingest returns once the adapter has its CONNACK and SUBACK: nothing is missed.
         async with Ingest(cfg) as ingest:
-            deadline = time.monotonic() + 10
-            while not all(h.get("connected") for h in _mqtt_health(ingest)):
-                assert time.monotonic() < deadline, "ingest did not connect to the broker"
-                await asyncio.sleep(0.02)
-            await asyncio.sleep(0.2)  # the SUBACK: messages published before it would be lost
             with _publisher(port, n, fields) as pub:
                 t0 = _go(pub)
                 stop = time.monotonic() + timeout
-                # Polling a counter the pipeline owns; 5 ms is well under the run's length.
-                while ingest.stats().readings_stored < want and time.monotonic() < stop:  # noqa: ASYNC110
+                stored, t1 = 0, time.perf_counter()
+                # Until everything is stored or nothing more arrives for 3 s (QoS 0 may drop under
+                # back-pressure); the rate is taken at the last reading stored.
+                while stored < want and time.monotonic() < stop and time.perf_counter() - t1 < 3:
                     await asyncio.sleep(0.005)
-                t1 = time.perf_counter()
-            stored = ingest.stats().readings_stored
-        return {"readings": stored, "seconds": t1 - t0, "readings_per_s": stored / (t1 - t0),
-                "messages_per_s": stored / fields / (t1 - t0)}
+                    now_stored = ingest.stats().readings_stored
+                    if now_stored > stored:
+                        stored, t1 = now_stored, time.perf_counter()
+        return {"readings": stored, "lost": want - stored, "seconds": t1 - t0,
+                "readings_per_s": stored / (t1 - t0), "messages_per_s": stored / fields / (t1 - t0)}
 
     return asyncio.run(run())
-
-
-def _mqtt_health(ingest: Ingest) -> list[dict[str, Any]]:
-    return [h for h in ingest.health() if h.get("protocol", "mqtt") == "mqtt"]
 
 
 def run() -> dict[str, Any]:

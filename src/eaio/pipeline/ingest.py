@@ -19,7 +19,7 @@ import logging
 import signal
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -129,6 +129,8 @@ class Ingest:
         self._tasks: list[asyncio.Task[None]] = []
         self._writer: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
+        self._room = asyncio.Event()  # set while the backlog has room for pushed readings
+        self._room.set()
         self._closing = False
         self._stats = IngestStats(devices={
             d.id: DeviceStats(device_id=d.id, protocol=d.protocol) for d in cfg.devices
@@ -166,15 +168,18 @@ class Ingest:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         try:
+            # Adapters first: a pushing adapter hands over its last batch as it closes (messages
+            # the broker already counts as delivered), and the writer is still there to store it.
+            await self._stack.aclose()
+        finally:
             # The writer is not cancelled mid-transaction (the thread would commit a batch we had
             # lost track of): it is told to make one last flush and return.
             if self._writer is not None and self._wake is not None:
                 self._closing = True
+                self._room.set()
                 self._wake.set()
                 await asyncio.gather(self._writer, return_exceptions=True)
                 self._writer = None
-        finally:
-            await self._stack.aclose()
         if self._pending:
             log.warning("ingest stopped with %d readings not stored", len(self._pending))
 
@@ -198,11 +203,21 @@ class Ingest:
         """A batch from a pushing adapter: validate and queue, as a poll would."""
         now = utcnow()
         self._validator.validate(readings, now, self._stale)
-        for r in readings:
-            ds = self._stats.devices.get(r.device_id or "")
+        # Counted per device per batch: a stats model's attribute update per reading would cost
+        # about as much as validating it.
+        for device_id, n in Counter(r.device_id or "" for r in readings).items():
+            ds = self._stats.devices.get(device_id)
             if ds is not None:
-                ds.pushed += 1
+                ds.pushed += n
                 ds.last_message = now
+        # Pushed readings wait for room instead of pushing older ones out of the backlog: the
+        # adapter then slows its network reads and the broker holds the rest, so a burst (or a
+        # slow store) costs latency, not data. Polled readings cannot wait; they trim.
+        while self._pending and len(self._pending) + len(readings) > self._backlog_limit and not self._closing:
+            self._room.clear()
+            if self._wake is not None:
+                self._wake.set()
+            await self._room.wait()
         self._enqueue(readings)
 
     async def _on_dead_letter(self, letter: DeadLetter) -> None:
@@ -338,6 +353,8 @@ class Ingest:
                 return False
             self._stats.readings_stored += n
             self._stats.bad_stored += sum(1 for r in batch if r.quality == Quality.BAD)
+            if len(self._pending) < self._backlog_limit:
+                self._room.set()
         return True
 
 

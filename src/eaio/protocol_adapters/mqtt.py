@@ -35,6 +35,7 @@ from .mqtt_payload import PayloadDecoder
 
 __all__ = ["DeadLetterCallback", "MqttAdapter"]
 
+_MAX_PENDING = 100_000  # readings waiting for subscribers before a network thread waits
 log = logging.getLogger(__name__)
 
 DeadLetterCallback = Callable[[DeadLetter], Awaitable[None]]
@@ -331,6 +332,9 @@ class MqttAdapter:
         self._subscribers: list[_Subscriber] = []
         # Shared with the network threads; every section under it is a few list/deque operations.
         self._lock = threading.Lock()
+        # Signalled when the delivery task takes the pending batch; see arrived().
+        self._drained = threading.Condition(self._lock)
+        self._stopping = False
         self._buffer: deque[tuple[int, datetime, str, str, bytes, int, bool]] = deque(maxlen=max(1, buffer_size))
         self._ids = itertools.count(1)
         self._pending: tuple[list[Reading], list[DeadLetter]] = ([], [])
@@ -343,6 +347,7 @@ class MqttAdapter:
     async def __aenter__(self) -> Self:
         self.loop = asyncio.get_running_loop()
         self._wake, self._closing, self._wake_scheduled = asyncio.Event(), False, False
+        self._stopping = False
         self._pump = asyncio.create_task(self._deliver(), name="mqtt-deliver")
         for link in self._links.values():
             link.first_answer = asyncio.Event()
@@ -362,6 +367,9 @@ class MqttAdapter:
     async def __aexit__(self, *exc: object) -> None:
         # Stop the clients first, then deliver what they received: QoS 1 messages are already
         # acknowledged to the broker, so dropping the last batch would lose them.
+        with self._lock:  # release a network thread waiting in arrived(), or stopping it would hang
+            self._stopping = True
+            self._drained.notify_all()
         await asyncio.gather(*(asyncio.to_thread(link.stop) for link in self._links.values()))
         self._closing = True
         self._wake.set()
@@ -391,10 +399,16 @@ class MqttAdapter:
         with self._lock:
             self._pending[0].extend(readings)
             self._pending[1].extend(dead)
-            if self._wake_scheduled or self.loop is None:
-                return
-            self._wake_scheduled = True
-        self.loop.call_soon_threadsafe(self._wake.set)
+            wake = not self._wake_scheduled and self.loop is not None
+            self._wake_scheduled = self._wake_scheduled or wake
+        if wake:
+            self.loop.call_soon_threadsafe(self._wake.set)  # type: ignore[union-attr]
+        # Back-pressure: while subscribers are this far behind, the network thread waits instead
+        # of reading more. The socket then fills and the broker holds the messages (for QoS 1 in
+        # the persistent session), rather than this process growing or dropping anything.
+        with self._lock:
+            while len(self._pending[0]) > _MAX_PENDING and not self._stopping:
+                self._drained.wait(timeout=0.5)
 
     async def _deliver(self) -> None:
         while True:
@@ -403,6 +417,7 @@ class MqttAdapter:
             with self._lock:
                 self._wake_scheduled = False
                 (readings, dead), self._pending = self._pending, ([], [])
+                self._drained.notify_all()
             for i, sub in enumerate(list(self._subscribers)):
                 await self._hand(sub, readings, dead, copy=i > 0)
             if self._closing:
