@@ -58,13 +58,18 @@ def scattered_device(n_points: int, span: int, seed: int = 7) -> dict[str, Any]:
 
 
 def write_site(tmp: Path, **changes: Any) -> Path:
-    """The demo site on free ports under ``tmp``, with top-level ``changes`` merged in."""
+    """The demo site on free ports under ``tmp``, with top-level ``changes`` merged in. When
+    ``devices`` is replaced, the MQTT parts that name the demo's MQTT device go too."""
     raw = yaml.safe_load(EXAMPLE.read_text())
+    if "devices" in changes:
+        raw["sim"].pop("mqtt", None)
+        raw["servers"].pop("mqtt", None)
     for dev in raw["devices"]:
         dev["connection"]["port"] = free_port()
     raw["data_dir"] = str(tmp / "data")
     raw["sim"]["control_port"] = None
-    raw["servers"]["modbus"]["port"] = free_port()
+    for server in raw["servers"].values():
+        server["port"] = free_port()
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
             raw[key].update(value)

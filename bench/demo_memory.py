@@ -12,12 +12,16 @@ import psutil
 from .common import tempdir, write_site
 
 DURATION_S = 20.0
-ROLES = {"sim": "sim", "serve": "modbus-server", "ingest": "ingest", "agent": "agent"}
+ROLES = {"sim": "sim", "ingest": "ingest", "agent": "agent"}
 
 
 def _role(cmdline: list[str]) -> str | None:
+    if cmdline and cmdline[0].endswith("mosquitto"):
+        return "mosquitto"
     if "-m" in cmdline and "eaio" in cmdline:
         args = cmdline[cmdline.index("eaio") + 1 :]
+        if len(args) > 1 and args[0] == "serve":
+            return f"{args[1]}-server"
         if args:
             return ROLES.get(args[0])
     return None
@@ -51,5 +55,5 @@ def run() -> dict[str, Any]:
         return {
             "duration_s": DURATION_S,
             "peak_rss_mb": peaks,
-            "targets": {"modbus-server": "<= 100 MB", "ingest": "<= 150 MB"},
+            "targets": {"modbus-server": "<= 100 MB", "mqtt-server": "<= 100 MB", "ingest": "<= 150 MB"},
         }

@@ -34,3 +34,15 @@ def test_schema_accepts_real_results_and_refuses_bad_ones() -> None:
     doc = json.loads(json.dumps(good))
     del doc["readings"][0]["point_id"]
     assert list(check.iter_errors(doc))
+
+
+def test_aged_reading_built_fast_equals_a_validated_one() -> None:
+    from datetime import timedelta
+
+    from eaio.servers.results import AgedReading
+
+    r = Reading(point_id="a.b", value=21.5, unit="degC", reasons=["stale"], quality=Quality.UNCERTAIN)
+    aged = AgedReading.of(r, r.ts + timedelta(seconds=2.5))
+    assert aged == AgedReading(**r.model_dump(), age_s=2.5)
+    assert aged.model_dump(mode="json") == AgedReading(**r.model_dump(), age_s=2.5).model_dump(mode="json")
+    assert AgedReading.of(Reading(point_id="a.c", value=None), r.ts).age_s is None

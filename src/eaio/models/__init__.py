@@ -20,7 +20,7 @@ from .point import (
     Point,
     PointKind,
 )
-from .reading import Quality, Reading, Reason, Value, utcnow
+from .reading import Quality, Reading, Reason, Value, trusted, utcnow
 from .write import AuditRecord, WriteOutcome, WriteRequest, WriteResult
 
 __all__ = [
@@ -53,5 +53,6 @@ __all__ = [
     "WriteOutcome",
     "WriteRequest",
     "WriteResult",
+    "trusted",
     "utcnow",
 ]

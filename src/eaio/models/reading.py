@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-__all__ = ["Quality", "Reading", "Reason", "Value", "utcnow"]
+__all__ = ["Quality", "Reading", "Reason", "Value", "trusted", "utcnow"]
+
+M = TypeVar("M", bound=BaseModel)
 
 Value = bool | int | float
 
@@ -55,3 +58,20 @@ class Reading(BaseModel):
             self.quality = quality
         if reason not in self.reasons:
             self.reasons.append(reason)
+
+
+def trusted(cls: type[M], values: dict[str, Any], fields_set: frozenset[str] | None = None) -> M:
+    """An instance from values already known to be valid, without pydantic's validation.
+
+    For hot paths only (thousands of readings a second): validation costs ~2-4 us per reading,
+    this ~1 us. ``values`` must hold every field; ``fields_set`` names those a caller would have
+    passed explicitly (what ``exclude_unset`` keeps), all of them by default. Tests compare the
+    result with a validated one.
+    """
+    obj = cls.__new__(cls)
+    object.__setattr__(obj, "__dict__", values)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(values if fields_set is None else fields_set))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
+
