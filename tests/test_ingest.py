@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,19 +18,10 @@ from eaio.errors import StoreError
 from eaio.models import Quality, Reading, utcnow
 from eaio.pipeline import SqliteStore
 from eaio.pipeline.ingest import Ingest, poll_groups
+from helpers import until
 
 T = TypeVar("T")
 POLL_S = 0.2
-
-
-async def until(check: Callable[[], Awaitable[T | None]], what: str, within: float = 15.0) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``within`` seconds."""
-    with anyio.move_on_after(within):
-        while True:
-            if result := await check():
-                return result
-            await anyio.sleep(0.05)
-    pytest.fail(f"timed out after {within} s waiting for {what}")
 
 
 def fast(cfg: SiteConfig) -> SiteConfig:

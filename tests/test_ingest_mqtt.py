@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,20 +17,12 @@ from eaio.models import Quality, Reading, utcnow
 from eaio.pipeline import SqliteStore
 from eaio.pipeline.ingest import Ingest, poll_groups
 from eaio.sim.runner import SimThread
+from helpers import until
 from test_sim_mqtt_face import PREFIX, mqtt_site
 
 T = TypeVar("T")
 SPEED = 120  # sim seconds per wall second: one env message per zone every half second
 IOT_POINTS = ["zone1.iot_temp", "zone1.rh", "zone1.co2", "zone1.iot_occ", "submeter.lighting", "submeter.hvac"]
-
-
-async def until(check: Callable[[], Awaitable[T | None]], what: str, within: float = 15.0) -> T:
-    with anyio.move_on_after(within):
-        while True:
-            if result := await check():
-                return result
-            await anyio.sleep(0.05)
-    pytest.fail(f"timed out after {within} s waiting for {what}")
 
 
 def site(site_file: Callable[..., Path], port: int) -> SiteConfig:

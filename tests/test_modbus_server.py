@@ -6,21 +6,18 @@ serves every device on 127.0.0.1 with private ports; each test has its own data 
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 import yaml
-from mcp import Client, StdioServerParameters
+from mcp import Client
 
 from conftest import free_port
 from eaio.config import SimFaultSpec, SiteConfig, load_config
@@ -28,6 +25,7 @@ from eaio.models import WriteOutcome
 from eaio.protocol_adapters.modbus_codec import decode
 from eaio.servers import ToolName
 from eaio.servers.audit import read_audit
+from helpers import call, error_of, eventually, server_command, stdio_session
 
 pytestmark = pytest.mark.anyio
 
@@ -51,47 +49,9 @@ def wire_sim(wire_site: SiteConfig) -> Iterator[Any]:
         yield running
 
 
-def server_command(cfg: SiteConfig, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "eaio", "serve", "modbus", "--config", str(cfg.source), *extra]
-
-
-@asynccontextmanager
-async def stdio_session(cfg: SiteConfig) -> AsyncIterator[Client]:
-    cmd = server_command(cfg)
-    params = StdioServerParameters(command=cmd[0], args=cmd[1:], env=dict(os.environ))
-    async with Client(params) as client:
-        yield client
-
-
-async def call(client: Client, tool: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A tool call that must succeed; its structured result."""
-    result = await client.call_tool(tool, args or {})
-    assert not result.is_error, result.content[0].text
-    return result.structured_content
-
-
-async def error_of(client: Client, tool: str, args: dict[str, Any]) -> str:
-    """A tool call that must fail; its error text."""
-    result = await client.call_tool(tool, args)
-    assert result.is_error, result.structured_content
-    return result.content[0].text
-
-
-async def eventually(cond: Callable[[], Any], limit_s: float = 10.0) -> Any:
-    """Poll ``cond`` (sync or async) until it returns something truthy; fail after ``limit_s``."""
-    with anyio.fail_after(limit_s):
-        while True:
-            got = cond()
-            if hasattr(got, "__await__"):
-                got = await got
-            if got:
-                return got
-            await anyio.sleep(0.05)
-
-
 # -- tools and schemas ---------------------------------------------------------------------------
 async def test_tools_annotations_and_schemas(wire_sim: Any, wire_site: SiteConfig) -> None:
-    async with stdio_session(wire_site) as c:
+    async with stdio_session(wire_site, "modbus") as c:
         tools = {t.name: t for t in (await c.list_tools()).tools}
     assert set(tools) == {t.value for t in ToolName}
     for name, tool in tools.items():
@@ -111,7 +71,7 @@ async def test_tools_annotations_and_schemas(wire_sim: Any, wire_site: SiteConfi
 
 # -- reading -------------------------------------------------------------------------------------
 async def test_list_and_read_real_values(wire_sim: Any, wire_site: SiteConfig) -> None:
-    async with stdio_session(wire_site) as c:
+    async with stdio_session(wire_site, "modbus") as c:
         devices = (await call(c, "list_devices"))["devices"]
         assert [d["id"] for d in devices] == ["ahu1-ctrl", "zones-ctrl", "plant-ctrl", "main-meter"]
         assert devices[0]["connection"] == f"127.0.0.1:{wire_sim.ports['ahu1-ctrl']} unit 1"
@@ -142,7 +102,7 @@ async def test_list_and_read_real_values(wire_sim: Any, wire_site: SiteConfig) -
 
 async def test_read_registers(wire_sim: Any, wire_site: SiteConfig) -> None:
     point = wire_site.point("ahu1.sat_sp")
-    async with stdio_session(wire_site) as c:
+    async with stdio_session(wire_site, "modbus") as c:
         raw = await call(c, "read_registers", {"device_id": "ahu1-ctrl", "table": "holding",
                                                "address": point.address.register, "count": 2})
         assert raw["unit"] == 1
@@ -167,7 +127,7 @@ async def test_read_registers(wire_sim: Any, wire_site: SiteConfig) -> None:
 # -- writing -------------------------------------------------------------------------------------
 async def test_write_guards_and_audit(wire_sim: Any, wire_site: SiteConfig) -> None:
     before = wire_sim.value("zone1.cool_sp")
-    async with stdio_session(wire_site) as c:
+    async with stdio_session(wire_site, "modbus") as c:
         assert (await error_of(c, "write_point", {"point_id": "zone1.temp", "value": 22})).startswith("not_writable: ")
         assert (await error_of(c, "write_point", {"point_id": "zone1.cool_sp", "value": 35})).startswith(
             "out_of_bounds: "
@@ -204,7 +164,7 @@ async def test_write_guards_and_audit(wire_sim: Any, wire_site: SiteConfig) -> N
 async def test_temporary_write_is_restored(wire_sim: Any, wire_site: SiteConfig) -> None:
     original = wire_sim.value("ahu1.sat_sp")
     audit = wire_site.audit_path("modbus")
-    async with stdio_session(wire_site) as c:
+    async with stdio_session(wire_site, "modbus") as c:
         result = await call(c, "write_point", {"point_id": "ahu1.sat_sp", "value": 18.5, "duration_s": 1})
         assert result["restore_at"] is not None
         assert wire_sim.value("ahu1.sat_sp") == pytest.approx(18.5)
@@ -226,7 +186,7 @@ async def test_sigterm_restores_before_exit_over_stdio(wire_sim: Any, wire_site:
     import psutil
 
     original = wire_sim.value("zone3.cool_sp")
-    async with stdio_session(wire_site) as c:
+    async with stdio_session(wire_site, "modbus") as c:
         await call(c, "write_point", {"point_id": "zone3.cool_sp", "value": 27, "duration_s": 3600})
         assert wire_sim.value("zone3.cool_sp") == pytest.approx(27)
         (child,) = [p for p in psutil.Process().children(recursive=True) if str(wire_site.source) in p.cmdline()]
@@ -239,7 +199,7 @@ async def test_sigterm_restores_before_exit_over_stdio(wire_sim: Any, wire_site:
 # -- a device goes offline -----------------------------------------------------------------------
 async def test_device_offline_and_recovery(wire_sim: Any, wire_site: SiteConfig) -> None:
     ahu = ["ahu1.sat", "ahu1.sat_sp"]
-    async with stdio_session(wire_site) as c:
+    async with stdio_session(wire_site, "modbus") as c:
         await call(c, "read_points", {"point_ids": ahu})
         wire_sim.inject(SimFaultSpec(kind="offline", target="ahu1-ctrl"))
 
@@ -286,7 +246,7 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], limit_s: float = 20
 def http_server(wire_sim: Any, wire_site: SiteConfig) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     proc = subprocess.Popen(
-        server_command(wire_site, "--transport", "http", "--port", str(port)),
+        server_command(wire_site, "modbus", "--transport", "http", "--port", str(port)),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:

@@ -8,25 +8,22 @@ Every test has its own broker, topics, client ids and data dir (audit).
 from __future__ import annotations
 
 import json
-import os
-import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import paho.mqtt.client as paho
 import pytest
-from mcp import Client, StdioServerParameters
+from mcp import Client
 
 from eaio.config import SiteConfig, load_config
 from eaio.models import WriteOutcome
 from eaio.servers import ToolName
 from eaio.servers.audit import read_audit
 from eaio.servers.mqtt import MqttToolName
+from helpers import call, error_of, eventually, stdio_session
 
 pytestmark = pytest.mark.anyio
 
@@ -119,38 +116,6 @@ def raw(mosquitto: Any) -> Iterator[RawClient]:
         client.close()
 
 
-@asynccontextmanager
-async def stdio_session(cfg: SiteConfig) -> AsyncIterator[Client]:
-    cmd = [sys.executable, "-m", "eaio", "serve", "mqtt", "--config", str(cfg.source)]
-    params = StdioServerParameters(command=cmd[0], args=cmd[1:], env=dict(os.environ))
-    async with Client(params) as client:
-        yield client
-
-
-async def call(client: Client, tool: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-    result = await client.call_tool(tool, args or {})
-    assert not result.is_error, result.content[0].text
-    return result.structured_content
-
-
-async def error_of(client: Client, tool: str, args: dict[str, Any]) -> str:
-    result = await client.call_tool(tool, args)
-    assert result.is_error, result.structured_content
-    return result.content[0].text
-
-
-async def eventually(cond: Callable[[], Any], limit_s: float = 10.0) -> Any:
-    """Poll ``cond`` (sync or async) until it returns something truthy; fail after ``limit_s``."""
-    with anyio.fail_after(limit_s):
-        while True:
-            got = cond()
-            if hasattr(got, "__await__"):
-                got = await got
-            if got:
-                return got
-            await anyio.sleep(0.05)
-
-
 async def connected(c: Client) -> bool:
     brokers = (await call(c, "broker_info"))["brokers"]
     return all(b["connected"] for b in brokers)
@@ -163,7 +128,7 @@ async def values(c: Client, ids: list[str]) -> dict[str, Any]:
 
 # -- tools -----------------------------------------------------------------------------------------
 async def test_tool_list_and_annotations(mqtt_site: SiteConfig) -> None:
-    async with stdio_session(mqtt_site) as c:
+    async with stdio_session(mqtt_site, "mqtt") as c:
         tools = {t.name: t for t in (await c.list_tools()).tools}
     assert set(tools) == CORE | {t.value for t in MqttToolName}
     for name, tool in tools.items():
@@ -184,7 +149,7 @@ async def test_tool_list_and_annotations(mqtt_site: SiteConfig) -> None:
 
 # -- read_points: last values with their age ----------------------------------------------------------
 async def test_read_points_gives_last_values_with_age(mqtt_site: SiteConfig, raw: RawClient, prefix: str) -> None:
-    async with stdio_session(mqtt_site) as c:
+    async with stdio_session(mqtt_site, "mqtt") as c:
         await eventually(lambda: connected(c))
         before = await values(c, ["zone1.temp"])
         assert before["zone1.temp"]["value"] is None
@@ -221,7 +186,7 @@ async def _older(c: Client, pid: str, age: float) -> bool:
 async def test_write_point_publishes_command_and_audits(mqtt_site: SiteConfig, raw: RawClient, prefix: str) -> None:
     command = f"{prefix}/zones/zone1/sp/set"
     raw.subscribe(command)
-    async with stdio_session(mqtt_site) as c:
+    async with stdio_session(mqtt_site, "mqtt") as c:
         await eventually(lambda: connected(c))
         raw.publish(f"{prefix}/zones/zone1/sp", json.dumps({"value": 21.0}))
         await eventually(lambda: _has_value(c, "zone1.sp"))
@@ -258,7 +223,7 @@ async def _has_value(c: Client, pid: str) -> bool:
 
 # -- subscribe_topics + read_messages ------------------------------------------------------------------
 async def test_subscribe_wildcards_and_page_messages(mqtt_site: SiteConfig, raw: RawClient, prefix: str) -> None:
-    async with stdio_session(mqtt_site) as c:
+    async with stdio_session(mqtt_site, "mqtt") as c:
         await eventually(lambda: connected(c))
         bad = await error_of(c, "subscribe_topics", {"topics": [f"{prefix}/a#"]})
         assert bad.startswith("invalid_argument:")
@@ -303,7 +268,7 @@ async def _at_least(msgs: Any, n: int) -> list[dict[str, Any]] | None:
 async def test_publish_inside_and_outside_allow_list(mqtt_site: SiteConfig, raw: RawClient, prefix: str) -> None:
     allowed = f"{prefix}/out/lights"
     raw.subscribe(f"{prefix}/#")
-    async with stdio_session(mqtt_site) as c:
+    async with stdio_session(mqtt_site, "mqtt") as c:
         await eventually(lambda: connected(c))
         ok = await call(c, "publish_message", {"topic": allowed, "payload": "on", "qos": 1, "reason": "test"})
         assert ok["topic"] == allowed
@@ -341,7 +306,7 @@ async def test_publish_inside_and_outside_allow_list(mqtt_site: SiteConfig, raw:
 async def test_broker_down_keeps_last_values_then_recovers(
     mqtt_site: SiteConfig, mosquitto: Any, raw: RawClient, prefix: str
 ) -> None:
-    async with stdio_session(mqtt_site) as c:
+    async with stdio_session(mqtt_site, "mqtt") as c:
         await eventually(lambda: connected(c))
         (info,) = (await call(c, "broker_info"))["brokers"]
         assert info["broker"] == f"127.0.0.1:{mosquitto.port}"
