@@ -23,9 +23,11 @@ from conftest import free_port
 from eaio.config import SimFaultSpec, SiteConfig, load_config
 from eaio.models import WriteOutcome
 from eaio.protocol_adapters.modbus_codec import decode
-from eaio.servers import ToolName
+from eaio.servers import CORE_TOOLS, ToolName
 from eaio.servers.audit import read_audit
 from helpers import call, error_of, eventually, server_command, stdio_session
+
+MODBUS_TOOLS = {t.value for t in CORE_TOOLS | {ToolName.READ_REGISTERS}}
 
 pytestmark = pytest.mark.anyio
 
@@ -53,7 +55,7 @@ def wire_sim(wire_site: SiteConfig) -> Iterator[Any]:
 async def test_tools_annotations_and_schemas(wire_sim: Any, wire_site: SiteConfig) -> None:
     async with stdio_session(wire_site, "modbus") as c:
         tools = {t.name: t for t in (await c.list_tools()).tools}
-    assert set(tools) == {t.value for t in ToolName}
+    assert set(tools) == MODBUS_TOOLS
     for name, tool in tools.items():
         ann = tool.annotations
         assert tool.description, name
@@ -269,7 +271,7 @@ async def test_http_transport(http_server: tuple[str, subprocess.Popen[bytes]], 
     url, proc = http_server
     original = wire_sim.value("zone2.heat_sp")
     async with Client(url) as c:
-        assert {t.name for t in (await c.list_tools()).tools} == {t.value for t in ToolName}
+        assert {t.name for t in (await c.list_tools()).tools} == MODBUS_TOOLS
         r = await call(c, "read_points", {"point_ids": ["zone2.heat_sp"]})
         assert r["readings"][0]["value"] == pytest.approx(original)
         await call(c, "write_point", {"point_id": "zone2.heat_sp", "value": 16, "duration_s": 3600})

@@ -20,14 +20,14 @@ from mcp import Client
 
 from eaio.config import SiteConfig, load_config
 from eaio.models import WriteOutcome
-from eaio.servers import ToolName
+from eaio.servers import CORE_TOOLS, ToolName
 from eaio.servers.audit import read_audit
-from eaio.servers.mqtt import MqttToolName
 from helpers import call, error_of, eventually, stdio_session
 
 pytestmark = pytest.mark.anyio
 
-CORE = {t.value for t in ToolName} - {ToolName.READ_REGISTERS.value}
+CORE = {t.value for t in CORE_TOOLS}
+MQTT_EXTRAS = {ToolName.SUBSCRIBE_TOPICS, ToolName.READ_MESSAGES, ToolName.PUBLISH_MESSAGE, ToolName.BROKER_INFO}
 
 
 def mqtt_device(port: int, prefix: str) -> dict[str, Any]:
@@ -130,7 +130,7 @@ async def values(c: Client, ids: list[str]) -> dict[str, Any]:
 async def test_tool_list_and_annotations(mqtt_site: SiteConfig) -> None:
     async with stdio_session(mqtt_site, "mqtt") as c:
         tools = {t.name: t for t in (await c.list_tools()).tools}
-    assert set(tools) == CORE | {t.value for t in MqttToolName}
+    assert set(tools) == CORE | {t.value for t in MQTT_EXTRAS}
     for name, tool in tools.items():
         assert tool.description, name
         assert tool.output_schema, name

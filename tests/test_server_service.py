@@ -17,8 +17,10 @@ from mcp.types import Implementation
 from eaio.config import SiteConfig
 from eaio.errors import DeviceError, ValidationFailed
 from eaio.models import Point, Reading, Value, WriteOutcome
-from eaio.servers import CoreService, ToolName, build_server
+from eaio.servers import CORE_TOOLS, CoreService, ToolName, build_server
 from eaio.servers.audit import read_audit
+
+MODBUS_TOOLS = {t.value for t in CORE_TOOLS | {ToolName.READ_REGISTERS}}
 
 pytestmark = pytest.mark.anyio
 
@@ -284,7 +286,7 @@ async def test_tools_over_mcp_in_process(site: SiteConfig, fake: FakeAdapter) ->
     server, svc = build_server("modbus", site, adapter=fake)
     async with Client(server, client_info=Implementation(name="pytest-agent", version="1")) as c:
         tools = {t.name: t for t in (await c.list_tools()).tools}
-        assert set(tools) == {t.value for t in ToolName}
+        assert set(tools) == MODBUS_TOOLS
         assert tools["write_point"].annotations.destructive_hint is True
         assert all(tools[n].annotations.read_only_hint for n in tools if n != "write_point")
         assert all(t.output_schema and t.description for t in tools.values())

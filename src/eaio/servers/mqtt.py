@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Self
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -24,12 +23,12 @@ from ..models import AuditRecord, MqttDevice, Reading, WriteOutcome
 from ..models.mqtt import _check_filter
 from .results import BrokerInfo, BrokerList, MessageInfo, MessagePage, PublishResult, SubscribeResult
 from .service import CoreService
-from .tools import LOCAL_ONLY, actor_of, register_core_tools, run_tool
+from .tools import LOCAL_ONLY, ToolName, actor_of, register_core_tools, run_tool
 
 if TYPE_CHECKING:
     from ..protocol_adapters.mqtt import MqttAdapter
 
-__all__ = ["MqttService", "MqttToolName", "build_mqtt_service", "register_mqtt_tools"]
+__all__ = ["MqttService", "build_mqtt_service", "register_mqtt_tools"]
 
 MAX_TOPICS = 50  # filters per subscribe_topics call
 MAX_MESSAGES = 1000  # messages per read_messages page
@@ -37,15 +36,6 @@ PREVIEW_CHARS = 200  # of a published payload, in its audit record
 # A plain int with the choices in the schema, not a Literal: the SDK would refuse qos=3 before
 # the tool runs, and a refused publish must still be audited like any other attempt.
 QoS = Annotated[int, Field(json_schema_extra={"enum": [0, 1, 2]})]
-
-
-class MqttToolName(StrEnum):
-    """The MQTT server's own tools (the core tools keep their names in ``tools.ToolName``)."""
-
-    SUBSCRIBE_TOPICS = "subscribe_topics"
-    READ_MESSAGES = "read_messages"
-    PUBLISH_MESSAGE = "publish_message"
-    BROKER_INFO = "broker_info"
 
 
 # Subscribing changes what this server holds on the broker, but destroys nothing and twice is once.
@@ -262,7 +252,7 @@ def _register_subscribe_tools(server: MCPServer, service: MqttService) -> None:
         device_id: Annotated[str | None, Field(description="The broker (device id); default: the only one")] = None,
     ) -> Annotated[CallToolResult, SubscribeResult]:
         return await run_tool(
-            service, MqttToolName.SUBSCRIBE_TOPICS,  # type: ignore[arg-type]
+            service, ToolName.SUBSCRIBE_TOPICS,
             lambda: service.subscribe_topics(topics, qos, device_id), topics=topics, qos=qos, device_id=device_id,
         )
 
@@ -271,15 +261,15 @@ def _register_subscribe_tools(server: MCPServer, service: MqttService) -> None:
         limit: Annotated[int, Field(ge=1, le=MAX_MESSAGES, description="At most this many messages")] = 100,
     ) -> Annotated[CallToolResult, MessagePage]:
         return await run_tool(
-            service, MqttToolName.READ_MESSAGES,  # type: ignore[arg-type]
+            service, ToolName.READ_MESSAGES,
             lambda: service.read_messages(since_id, limit), since_id=since_id, limit=limit,
         )
 
-    server.add_tool(subscribe_topics, name=MqttToolName.SUBSCRIBE_TOPICS.value, annotations=SUBSCRIBE, description=(
+    server.add_tool(subscribe_topics, name=ToolName.SUBSCRIBE_TOPICS.value, annotations=SUBSCRIBE, description=(
         "Subscribe this server to MQTT topic filters (wildcards '+' and '#' work). Messages received from then "
         "on can be read with read_messages. Use it to explore what devices publish."
     ))
-    server.add_tool(read_messages, name=MqttToolName.READ_MESSAGES.value, annotations=LOCAL_ONLY, description=(
+    server.add_tool(read_messages, name=ToolName.READ_MESSAGES.value, annotations=LOCAL_ONLY, description=(
         "Read received MQTT messages (topic, payload, QoS, retain, time), oldest first: those with an id larger "
         "than since_id. Pass the returned next_since_id to get the following page; 'dropped' counts messages "
         "evicted from the bounded buffer before you read them."
@@ -297,7 +287,7 @@ def _register_publish_tools(server: MCPServer, service: MqttService) -> None:
         reason: Annotated[str | None, Field(description="Why, for the audit log (max 500 chars)")] = None,
     ) -> Annotated[CallToolResult, PublishResult]:
         return await run_tool(
-            service, MqttToolName.PUBLISH_MESSAGE,  # type: ignore[arg-type]
+            service, ToolName.PUBLISH_MESSAGE,
             lambda: service.publish_message(
                 topic, payload, qos=qos, retain=retain, device_id=device_id, reason=reason, actor=actor_of(ctx)
             ),
@@ -305,14 +295,14 @@ def _register_publish_tools(server: MCPServer, service: MqttService) -> None:
         )
 
     async def broker_info() -> Annotated[CallToolResult, BrokerList]:
-        return await run_tool(service, MqttToolName.BROKER_INFO, service.broker_info)  # type: ignore[arg-type]
+        return await run_tool(service, ToolName.BROKER_INFO, service.broker_info)
 
-    server.add_tool(publish_message, name=MqttToolName.PUBLISH_MESSAGE.value, annotations=PUBLISH, description=(
+    server.add_tool(publish_message, name=ToolName.PUBLISH_MESSAGE.value, annotations=PUBLISH, description=(
         "Publish one MQTT message. Only to topics that start with one of the device's publish_prefixes (others "
         "fail with not_allowed), no wildcards, payload at most max_payload_bytes. To change a setpoint prefer "
         "write_point, which checks bounds. Every attempt is audited."
     ))
-    server.add_tool(broker_info, name=MqttToolName.BROKER_INFO.value, annotations=LOCAL_ONLY, description=(
+    server.add_tool(broker_info, name=ToolName.BROKER_INFO.value, annotations=LOCAL_ONLY, description=(
         "Report each MQTT broker connection: host:port, client id, connected, session_present, subscriptions, "
         "and counts of messages received, readings, dead letters (unparseable or unmapped) and reconnects."
     ))

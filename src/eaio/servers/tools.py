@@ -25,7 +25,7 @@ from ..models import PointKind, Value, WriteResult
 from .results import DeviceList, HealthReport, PointList, ReadPointsResult
 from .service import CoreService
 
-__all__ = ["ArgumentErrors", "ToolName", "actor_of", "error_result", "register_core_tools", "run_tool"]
+__all__ = ["CORE_TOOLS", "ArgumentErrors", "ToolName", "actor_of", "error_result", "register_core_tools", "run_tool"]
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,17 @@ class ToolName(StrEnum):
     WRITE_POINT = "write_point"
     SERVER_HEALTH = "server_health"
     # Protocol extras
-    READ_REGISTERS = "read_registers"
+    READ_REGISTERS = "read_registers"  # Modbus
+    SUBSCRIBE_TOPICS = "subscribe_topics"  # MQTT
+    READ_MESSAGES = "read_messages"  # MQTT
+    PUBLISH_MESSAGE = "publish_message"  # MQTT
+    BROKER_INFO = "broker_info"  # MQTT
+
+
+# The tools every protocol server has, with the same names and shapes.
+CORE_TOOLS = frozenset({
+    ToolName.LIST_DEVICES, ToolName.LIST_POINTS, ToolName.READ_POINTS, ToolName.WRITE_POINT, ToolName.SERVER_HEALTH,
+})
 
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
