@@ -25,6 +25,7 @@ __all__ = [
     "MqttPoint",
     "MqttSubscription",
     "MqttTls",
+    "check_filter",
     "topic_matches",
     "wildcard_captures",
 ]
@@ -36,7 +37,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _check_filter(topic: str) -> str:
+def check_filter(topic: str) -> str:
+    """The filter itself, or ValueError saying what is wrong with its '+'/'#' use or length."""
     if not topic or len(topic.encode()) > 65535:
         raise ValueError("a topic filter must be 1..65535 bytes")
     levels = topic.split("/")
@@ -116,7 +118,7 @@ class MqttSubscription(_Strict):
 
     @model_validator(mode="after")
     def _shape(self) -> MqttSubscription:
-        _check_filter(self.topic)
+        check_filter(self.topic)
         if (self.point is None) == (self.fields is None):
             raise ValueError("give exactly one of 'point' or 'fields'")
         if self.format == "number" and (self.fields is not None or self.path or self.timestamp):

@@ -29,7 +29,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from ..errors import DeviceError
-from ..models import DeadLetter, MqttDevice, MqttPoint, Point, Quality, Reading, Reason, Value
+from ..models import DeadLetter, MqttConnection, MqttDevice, MqttPoint, Point, Quality, Reading, Reason, Value
+from ..models.mqtt import check_filter
 from .base import ReadingCallback
 from .mqtt_payload import PayloadDecoder
 
@@ -41,13 +42,23 @@ log = logging.getLogger(__name__)
 DeadLetterCallback = Callable[[DeadLetter], Awaitable[None]]
 
 
-def _check_filter(topic: str) -> None:
-    levels = topic.split("/") if topic else []
-    if not levels or len(topic.encode()) > 65535:
-        raise ValueError("a topic filter must be 1..65535 bytes")
-    for i, level in enumerate(levels):
-        if ("#" in level and (level != "#" or i != len(levels) - 1)) or ("+" in level and level != "+"):
-            raise ValueError(f"'{topic}' is not a valid topic filter ('+' a whole level, '#' the last one)")
+def paho_client(conn: MqttConnection, client_id: str) -> paho.Client:
+    """A paho client for a broker connection: session, credentials, TLS and reconnect backoff as
+    the site file says. Raises OSError/ValueError/ssl.SSLError when certificates cannot be loaded."""
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=conn.clean_session, protocol=paho.MQTTv311,
+    )
+    # paho doubles the delay from min to max while the broker stays away, and never gives up.
+    client.reconnect_delay_set(conn.reconnect_min_s, max(conn.reconnect_min_s, conn.reconnect_max_s))
+    if conn.username is not None:
+        client.username_pw_set(conn.username, conn.password)
+    if conn.tls is not None:
+        client.tls_set(
+            ca_certs=conn.tls.ca, certfile=conn.tls.cert, keyfile=conn.tls.key,
+            cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+        client.tls_insecure_set(conn.tls.insecure)
+    return client
 
 
 @dataclass
@@ -93,28 +104,16 @@ class _Link:
 
     def start(self) -> None:
         conn = self.device.connection
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=conn.clean_session,
-            protocol=paho.MQTTv311,
-        )
+        try:
+            client = paho_client(conn, self.client_id)
+        except (OSError, ValueError, ssl.SSLError) as err:
+            # Retrying cannot fix unreadable certificates: report it and leave this device off.
+            self.stats.last_error = f"tls_error: cannot load CA/certificate/key: {err}"
+            log.error("mqtt %s: %s", self.device.id, self.stats.last_error)
+            self._answered()
+            return
         client.suppress_exceptions = True  # an exception in a callback must not end the network thread
         client.max_queued_messages_set(0)
-        client.reconnect_delay_set(conn.reconnect_min_s, max(conn.reconnect_min_s, conn.reconnect_max_s))
-        if conn.username is not None:
-            client.username_pw_set(conn.username, conn.password)
-        if conn.tls is not None:
-            try:
-                client.tls_set(
-                    ca_certs=conn.tls.ca, certfile=conn.tls.cert, keyfile=conn.tls.key,
-                    cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT,
-                )
-            except (OSError, ValueError, ssl.SSLError) as err:
-                # Retrying cannot fix unreadable certificates: report it and leave this device off.
-                self.stats.last_error = f"tls_error: cannot load CA/certificate/key: {err}"
-                log.error("mqtt %s: %s", self.device.id, self.stats.last_error)
-                self._answered()
-                return
-            client.tls_insecure_set(conn.tls.insecure)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -513,7 +512,7 @@ class MqttAdapter:
             raise DeviceError(f"qos must be 0, 1 or 2, not {qos!r}", code="invalid_argument", device=device_id)
         try:
             for f in filters:
-                _check_filter(f)
+                check_filter(f)
         except ValueError as err:
             raise DeviceError(str(err), code="invalid_argument", device=device_id) from err
         if not filters:

@@ -20,7 +20,7 @@ from pydantic import Field
 from ..config import SiteConfig
 from ..errors import DeviceError, EaioError, ValidationFailed
 from ..models import AuditRecord, MqttDevice, Reading, WriteOutcome
-from ..models.mqtt import _check_filter
+from ..models.mqtt import check_filter
 from .results import BrokerInfo, BrokerList, MessageInfo, MessagePage, PublishResult, SubscribeResult
 from .service import CoreService
 from .tools import LOCAL_ONLY, ToolName, actor_of, register_core_tools, run_tool
@@ -96,7 +96,7 @@ class MqttService(CoreService):
         _check_qos(qos)
         for f in filters:
             try:
-                _check_filter(f)
+                check_filter(f)
             except ValueError as err:
                 raise ValidationFailed(str(err)) from err
         await self.mqtt.subscribe_topics(device.id, filters, qos)

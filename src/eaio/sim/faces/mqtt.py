@@ -18,17 +18,16 @@ import asyncio
 import json
 import logging
 import math
-import ssl
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 from ...config import SimMqtt
 from ...models import MqttDevice
+from ...protocol_adapters.mqtt import paho_client
 from ..physics import SUBMETERS, ZONES
 
 __all__ = ["COMMAND_KEYS", "MqttFace", "env_payload", "meter_payload"]
@@ -110,21 +109,7 @@ class MqttFace:
         self.connected.clear()
 
     def _make_client(self) -> paho.Client:
-        c = self.device.connection
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"{c.client_id or 'eaio'}-sim",
-            clean_session=c.clean_session,
-            protocol=paho.MQTTv311,
-        )
-        if c.username is not None:
-            client.username_pw_set(c.username, c.password)
-        if c.tls is not None:
-            client.tls_set(ca_certs=c.tls.ca, certfile=c.tls.cert, keyfile=c.tls.key,
-                           cert_reqs=ssl.CERT_REQUIRED)
-            client.tls_insecure_set(c.tls.insecure)
-        # paho doubles the delay from min to max while the broker stays away, and never gives up.
-        client.reconnect_delay_set(min_delay=c.reconnect_min_s, max_delay=c.reconnect_max_s)  # type: ignore[arg-type]
+        client = paho_client(self.device.connection, f"{self.device.connection.client_id or 'eaio'}-sim")
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
