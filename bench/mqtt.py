@@ -134,7 +134,7 @@ def _site(tmp: Path, port: int, fields: int) -> Path:
         "devices": [{"id": "bench-broker", "protocol": "mqtt",
                      "connection": {"host": "127.0.0.1", "port": port, "client_id": "bench", "clean_session": True},
                      "subscriptions": [sub], "points": points}],
-        "ingest": {"batch_size": 5000},
+        "ingest": {"batch_size": 50_000},
     }
     path = tmp / f"site-{fields}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

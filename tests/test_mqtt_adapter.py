@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from eaio.errors import DeviceError
-from eaio.models import DeadLetter, MqttDevice, Reading
+from eaio.models import DeadLetter, MqttDevice, Reading, ReadingBatch
 from eaio.protocol_adapters import build_adapter
 from eaio.protocol_adapters.mqtt import MqttAdapter
 
@@ -99,9 +99,9 @@ class Collector:
         self.dead: list[DeadLetter] = []
         self.batches = 0
 
-    async def on_readings(self, batch: list[Reading]) -> None:
+    async def on_readings(self, batch: ReadingBatch) -> None:
         self.batches += 1
-        self.readings.extend(batch)
+        self.readings.extend(batch.readings())
 
     async def on_dead(self, letter: DeadLetter) -> None:
         self.dead.append(letter)

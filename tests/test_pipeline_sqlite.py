@@ -143,7 +143,7 @@ async def test_wal_mode_and_normal_sync(store: SqliteStore) -> None:
     with sqlite3.connect(store.path) as other:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         names = {r[1] for r in other.execute("PRAGMA index_list(readings)")}
-        assert "readings_point_ts" in names
+        assert "readings_sid_ts" in names
 
 
 async def test_reopening_keeps_data(tmp_path: Path) -> None:
@@ -198,3 +198,77 @@ async def test_from_config_uses_the_data_dir(site: SiteConfig) -> None:
         await s.write(SERIES[:1])
     assert site.sqlite_path().exists()
     assert site.sqlite_path().is_relative_to(site.data_dir)
+
+
+async def test_a_unit_change_is_a_new_series_of_the_same_point(store: SqliteStore) -> None:
+    before = Reading(point_id="main.power", value=87.5, ts=at(0), unit="kW", device_id="iot-gw")
+    after = Reading(point_id="main.power", value=87500, ts=at(60), unit="W", device_id="iot-gw")
+    other = Reading(point_id="main.power", value=1.0, ts=at(30), unit="kW")  # no device
+    await store.write([before, after, other])
+    assert [(r.value, r.unit, r.device_id) for r in await store.history("main.power", at(0), at(61))] == [
+        (87.5, "kW", "iot-gw"), (1.0, "kW", None), (87500, "W", "iot-gw")]
+    assert [(r.value, r.unit) for r in await store.latest()] == [(87500, "W")]
+    assert [(r.value, r.unit) for r in await store.latest(["main.power"])] == [(87500, "W")]
+    [bucket] = await store.history("main.power", at(0), at(61), bucket_s=3600, agg="count")
+    assert bucket.count == 3
+
+
+async def test_the_reading_rows_view_reads_like_the_readings(store: SqliteStore) -> None:
+    await store.write(SERIES[:3])
+    with sqlite3.connect(store.path) as conn:
+        rows = conn.execute("SELECT point_id, time, value, quality, reasons, unit, device_id FROM reading_rows"
+                            " ORDER BY ts_us").fetchall()
+    assert rows == [
+        ("zone1.temp", "2026-07-15T12:00:00.000Z", 20.0, "good", None, "degC", "zones-ctrl"),
+        ("zone1.temp", "2026-07-15T12:05:00.000Z", 21.0, "good", None, "degC", "zones-ctrl"),
+        ("zone1.temp", "2026-07-15T12:06:40.000Z", 99.0, "bad", '["range_high"]', "", "zones-ctrl"),
+    ]
+
+
+V1_SCHEMA = """
+CREATE TABLE readings (point_id TEXT NOT NULL, ts INTEGER NOT NULL, value REAL, vtype INTEGER NOT NULL DEFAULT 0,
+    quality TEXT NOT NULL, reasons TEXT, unit TEXT NOT NULL DEFAULT '', device_id TEXT, detail TEXT);
+CREATE INDEX readings_point_ts ON readings (point_id, ts);
+CREATE TABLE dead_letter (received_at INTEGER NOT NULL, source TEXT NOT NULL, topic TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', payload BLOB);
+PRAGMA user_version=1;
+"""
+
+
+async def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "eaio.db"
+    us = int((T0 - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 1_000_000
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_SCHEMA)
+        conn.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+            ("zone1.temp", us, 21.5, 0, "good", None, "degC", "zones-ctrl", None),
+            ("zone1.temp", us + 1_000_000, None, 0, "bad", '["comm_failure"]', "degC", "zones-ctrl", "timeout: x"),
+            ("ahu1.fan_status", us, 1.0, 2, "uncertain", '["stale"]', "", None, None),
+        ])
+        conn.execute("INSERT INTO dead_letter VALUES (?, 'mqtt:gw', 't', 'malformed', '', x'00')", (us,))
+    async with SqliteStore(path) as s:
+        c = await s.counts()
+        assert (c.total, c.good, c.uncertain, c.bad) == (3, 1, 1, 1)
+        assert await s.dead_letter_count() == 1
+        temp = await s.history("zone1.temp", T0, at(2))
+        assert [(r.value, r.quality, r.reasons, r.unit, r.device_id, r.detail) for r in temp] == [
+            (21.5, "good", [], "degC", "zones-ctrl", None),
+            (None, "bad", ["comm_failure"], "degC", "zones-ctrl", "timeout: x"),
+        ]
+        [fan] = await s.latest(["ahu1.fan_status"])
+        assert (fan.value, fan.quality, fan.device_id) == (True, "uncertain", None)
+        await s.write([good("zone1.temp", 22.0, 5)])  # and it goes on from there
+        assert [r.value for r in await s.latest(["zone1.temp"])] == [22.0]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "readings_v1" not in tables
+
+
+async def test_a_file_from_a_newer_eaio_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "eaio.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version=99")
+    with pytest.raises(StoreError, match="schema version 99 is newer"):
+        async with SqliteStore(path):
+            pass

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from eaio.config import SiteConfig
-from eaio.models import Limits, Point, Quality, Reading
+from eaio.models import Limits, Point, Quality, Reading, to_us
 from eaio.pipeline import PointRule, QualityValidator, StaleState
 
 T0 = datetime(2026, 7, 15, 12, 0, tzinfo=UTC)
@@ -100,7 +100,7 @@ def test_stale_after_n_missed_polls(validator: QualityValidator) -> None:
     fresh = reading("zone1.temp", 21.2, now)
     validator.validate([fresh], now, state)
     assert (fresh.quality, fresh.reasons) == (Quality.GOOD, [])
-    assert state.last_good["zone1.temp"] == now
+    assert state.last_good["zone1.temp"] == to_us(now)
 
 
 def test_out_of_range_samples_are_not_good_samples(validator: QualityValidator) -> None:

@@ -71,7 +71,15 @@ class ServerSettings(_Strict):
 
 class IngestSettings(_Strict):
     stale_after_polls: float = Field(default=3.0, gt=0, description="Missed polls before a point is stale")
-    batch_size: int = Field(default=1000, ge=1)
+    batch_size: int = Field(
+        default=20_000, ge=1,
+        description="Most readings per store transaction. Under load the writer takes what is pending up to this: "
+                    "bigger transactions amortise the index pages each one rewrites (one per point).",
+    )
+    flush_interval_s: float = Field(
+        default=0.1, ge=0, le=60,
+        description="Longest a reading waits for more to share its store transaction (unless batch_size fills first)",
+    )
 
 
 class AgentServerRef(_Strict):

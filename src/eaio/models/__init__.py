@@ -1,6 +1,7 @@
 """The only data types shared between EAIO's parts."""
 
 from .advice import Decision, DecisionMode, Fault, Recommendation, Severity, SuggestedWrite
+from .batch import ReadingBatch, from_us, to_us
 from .mqtt import (
     DeadLetter,
     MqttCommand,
@@ -45,6 +46,7 @@ __all__ = [
     "PointKind",
     "Quality",
     "Reading",
+    "ReadingBatch",
     "Reason",
     "Recommendation",
     "Severity",
@@ -53,6 +55,8 @@ __all__ = [
     "WriteOutcome",
     "WriteRequest",
     "WriteResult",
+    "from_us",
+    "to_us",
     "trusted",
     "utcnow",
 ]

@@ -8,7 +8,7 @@ from typing import Literal, Protocol, Self
 
 from pydantic import BaseModel
 
-from ..models import DeadLetter, Reading
+from ..models import DeadLetter, Reading, ReadingBatch
 
 __all__ = ["Aggregate", "Bucket", "Store", "Validator"]
 
@@ -35,8 +35,8 @@ class Store(Protocol):
 
     async def __aexit__(self, *exc: object) -> None: ...
 
-    async def write(self, readings: Sequence[Reading]) -> int:
-        """Persist readings (bad ones too); returns how many were written."""
+    async def write(self, readings: Sequence[Reading] | ReadingBatch) -> int:
+        """Persist readings (bad ones too); returns how many were written. Ingest gives batches."""
         ...
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:

