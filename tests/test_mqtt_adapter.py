@@ -298,3 +298,47 @@ async def test_tls_without_client_certificate_is_refused_and_reported(mosquitto_
         (health,) = adapter.health()
         assert health["connected"] is False
         assert str(health["last_error"]).startswith("tls_error")
+
+
+async def test_a_burst_of_small_messages_arrives_whole_and_in_order(mosquitto: Any) -> None:
+    """Many packets per socket read: the buffered socket and the burst reads keep every one."""
+    total = 3000
+    got = Collector()
+    async with MqttAdapter([make_device(mosquitto.port)], role="ingest") as adapter:
+        await adapter.subscribe(adapter.points(), got.on_readings)
+        with publisher(mosquitto.port) as pub:
+            infos = [pub.client.publish("seq", str(n), qos=1) for n in range(total)]
+            for info in infos:
+                info.wait_for_publish(10)
+            await until(lambda: len(got.readings) >= total, "every message", within=30)
+        assert [r.value for r in got.readings] == list(range(total))
+        assert got.batches < total // 10, "messages are handed over in batches, not one by one"
+        # The ingest role keeps neither raw messages nor last values: nobody asks it for them.
+        assert adapter.messages() == []
+        (last,) = await adapter.read([adapter.point("seq.n")])
+        assert last.detail == "no_data: nothing received for seq.n yet"
+
+
+def test_buffered_socket_serves_small_reads_from_one_system_call() -> None:
+    import socket
+
+    from eaio.protocol_adapters.mqtt import _BufferedSocket
+
+    a, b = socket.socketpair()
+    try:
+        b.setblocking(False)
+        sock = _BufferedSocket(b)
+        with pytest.raises(BlockingIOError):  # nothing there: paho sees what a plain socket gives
+            sock.recv(1)
+        a.sendall(b"\x30\x05hello" + b"\x30\x02hi")
+        assert sock.recv(1) == b"\x30"
+        assert sock.pending() == 10
+        assert [sock.recv(1), sock.recv(5)] == [b"\x05", b"hello"]
+        assert sock.recv(100) == b"\x30\x02hi"  # never more than was buffered, never blocks
+        assert sock.pending() == 0
+        assert sock.fileno() == b.fileno()  # the rest is the real socket's
+        a.close()
+        assert sock.recv(1) == b""  # the peer closed
+    finally:
+        a.close()
+        b.close()

@@ -233,8 +233,8 @@ class _Link:
         # those a level check.
         client.enable_logger(self._paho_logger())
         client.connect_async(conn.host, conn.port, keepalive=conn.keepalive_s)
+        self.client = client  # before the thread starts: its callbacks look at it
         client.loop_start()
-        self.client = client
 
     def stop(self) -> None:
         """Blocking (joins the network thread): run it off the event loop."""
@@ -314,6 +314,8 @@ class _Link:
 
     def _paho_error(self, message: str) -> None:
         # Socket and TLS errors (e.g. a broker refusing our certificate) reach us only here.
+        if self.client is None:
+            return  # our own disconnect at close: paho's loop then logs "Client is not connected"
         self._cause = message
         self.stats.last_error = f"device_offline: {message}"
         log.warning("mqtt %s: %s", self.device.id, message)
