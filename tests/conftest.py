@@ -37,17 +37,25 @@ def site_file(tmp_path: Path) -> Callable[..., Path]:
 
     By default only the building's Modbus part: most tests are about one protocol, and an MQTT
     device would need a broker. ``mqtt=True`` keeps the MQTT device too (on a free port where the
-    test starts its broker, e.g. the demo's own). Keyword arguments are merged into the top level
+    test starts its broker, e.g. the demo's own); ``bacnet=True`` keeps the BACnet device (on a
+    free UDP port, served by the sim's BACnet face). Keyword arguments are merged into the top level
     (e.g. ``sim={"speed": 600}``), and ``devices=`` replaces the device list.
     """
 
-    def make(*, mqtt: bool = False, **changes: Any) -> Path:
+    def make(*, mqtt: bool = False, bacnet: bool = False, **changes: Any) -> Path:
         raw = yaml.safe_load(EXAMPLE.read_text())
         if not mqtt:
             raw["devices"] = [d for d in raw["devices"] if d.get("protocol") != "mqtt"]
             raw["sim"].pop("mqtt", None)
             raw["servers"].pop("mqtt", None)
+        if not bacnet:
+            raw["devices"] = [d for d in raw["devices"] if d.get("protocol") != "bacnet"]
+            raw["servers"].pop("bacnet", None)
+        raw["bacnet"]["ports"] = {role: free_port(socket.SOCK_DGRAM) for role in raw["bacnet"]["ports"]}
         for dev in raw["devices"]:
+            if dev.get("protocol") == "bacnet":  # the sim's BACnet face, on a free UDP port
+                dev["connection"]["address"] = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+                continue
             # Modbus devices get free ports for the sim to serve; MQTT devices one for a broker.
             dev.setdefault("connection", {})["port"] = free_port()
         raw["data_dir"] = str(tmp_path / "data")

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
-from .models import ModbusDevice, MqttDevice, Point
+from .models import BacnetDevice, BacnetLocal, ModbusDevice, MqttDevice, Point
 from .models.mqtt import _TEMPLATE
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "AgentSettings",
     "IngestSettings",
     "ServerSettings",
+    "SimBacnet",
     "SimFaultSpec",
     "SimMqtt",
     "SimSettings",
@@ -38,8 +39,8 @@ __all__ = [
 
 
 # A device is one of the protocols' device models, chosen by its `protocol` field.
-_DEVICE_MODELS = (ModbusDevice, MqttDevice)
-AnyDevice = Annotated[ModbusDevice | MqttDevice, Field(discriminator="protocol")]
+_DEVICE_MODELS = (ModbusDevice, MqttDevice, BacnetDevice)
+AnyDevice = Annotated[ModbusDevice | MqttDevice | BacnetDevice, Field(discriminator="protocol")]
 
 
 class _Strict(BaseModel):
@@ -130,6 +131,15 @@ class SimMqtt(_Strict):
     qos: Literal[0, 1] = 1
 
 
+class SimBacnet(_Strict):
+    """How the virtual building's BACnet devices behave on the wire (all of them)."""
+
+    no_rpm: list[str] = Field(default_factory=list,
+                              description="Devices that refuse ReadPropertyMultiple, as some old controllers do")
+    max_apdu: int = Field(default=1476, ge=50, le=1476, description="Largest APDU the devices accept")
+    segmentation: bool = Field(default=True, description="Whether the devices segment long answers")
+
+
 class SimSettings(_Strict):
     speed: float = Field(default=1.0, gt=0, le=10000)
     start: datetime | None = Field(default=None, description="Sim clock at start (local site time)")
@@ -146,6 +156,7 @@ class SimSettings(_Strict):
         "the others serve each table as one block from its lowest to its highest mapped register",
     )
     mqtt: SimMqtt | None = Field(default=None, description="MQTT face (off when absent)")
+    bacnet: SimBacnet = Field(default_factory=SimBacnet, description="The BACnet faces' wire behaviour")
 
 
 class SiteConfig(BaseSettings):
@@ -161,6 +172,7 @@ class SiteConfig(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     sim: SimSettings = Field(default_factory=SimSettings)
+    bacnet: BacnetLocal = Field(default_factory=BacnetLocal, description="EAIO's own BACnet/IP applications")
     # Where this configuration came from; set by load_config, never read from YAML.
     source: Path | None = Field(default=None, exclude=True)
 
@@ -213,7 +225,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("modbus", "mqtt") and out.endswith("]"):
+        elif part in ("modbus", "mqtt", "bacnet") and out.endswith("]"):
             continue  # the discriminator tag adds nothing a reader needs
         else:
             out += ("." if out else "") + str(part)
@@ -256,8 +268,11 @@ def check(cfg: SiteConfig) -> list[tuple[str, str]]:
             problems += _check_write_bounds(pt, where)
         if isinstance(dev, ModbusDevice):
             problems += _check_modbus(dev, di)
-        else:
+        elif isinstance(dev, MqttDevice):
             problems += _check_mqtt(dev, di)
+        else:
+            problems += _check_bacnet(dev, di)
+    problems += _check_bacnet_addresses(cfg)
     if cfg.sim.mqtt is not None and cfg.sim.mqtt.device not in {d.id for d in cfg.devices_for("mqtt")}:
         problems.append(("sim.mqtt.device", f"'{cfg.sim.mqtt.device}' is not an MQTT device of this site"))
     for name in cfg.servers:
@@ -298,6 +313,39 @@ def _check_mqtt(dev: MqttDevice, di: int) -> list[tuple[str, str]]:
             problems.append((f"devices[{di}].points[{pi}].command", "a writable MQTT point needs a command topic"))
     if dev.connection.tls is None and dev.connection.port == 8883:
         problems.append((f"devices[{di}].connection.tls", "port 8883 is MQTT over TLS: give a tls section"))
+    return problems
+
+
+def _check_bacnet(dev: BacnetDevice, di: int) -> list[tuple[str, str]]:
+    problems = []
+    seen: dict[tuple[str, int, str], int] = {}
+    for pi, pt in enumerate(dev.points):
+        a = pt.address
+        key = (a.type, a.instance, a.property)
+        if key in seen:
+            problems.append((f"devices[{di}].points[{pi}].address",
+                             f"{a.object_id} {a.property} is also points[{seen[key]}]"))
+        seen.setdefault(key, pi)
+        if pt.writable and not pt.commandable:
+            problems.append((f"devices[{di}].points[{pi}].writable",
+                             f"{a.type} {a.property} has no priority array: only the present-value of an "
+                             "output or value object (AO, AV, BO, BV, MSO, MSV) is writable"))
+    return problems
+
+
+def _check_bacnet_addresses(cfg: SiteConfig) -> list[tuple[str, str]]:
+    problems = []
+    seen: dict[tuple[str, int], int] = {}
+    for di, dev in enumerate(cfg.devices):
+        if isinstance(dev, BacnetDevice):
+            key = (dev.connection.host, dev.connection.port)
+            if key in seen:
+                problems.append((f"devices[{di}].connection.address",
+                                 f"{key[0]}:{key[1]} is also devices[{seen[key]}] (one BACnet device per address)"))
+            seen.setdefault(key, di)
+            if key[1] in cfg.bacnet.ports.values() and key[0] == cfg.bacnet.interface.split("/")[0]:
+                problems.append((f"devices[{di}].connection.address",
+                                 f"{key[0]}:{key[1]} is one of EAIO's own ports (bacnet.ports)"))
     return problems
 
 

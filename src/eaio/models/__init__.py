@@ -1,6 +1,7 @@
 """The only data types shared between EAIO's parts."""
 
 from .advice import Decision, DecisionMode, Fault, Recommendation, Severity, SuggestedWrite
+from .bacnet import BacnetAddress, BacnetConnection, BacnetDevice, BacnetLocal, BacnetPoint
 from .batch import ReadingBatch, from_us, to_us
 from .mqtt import (
     DeadLetter,
@@ -26,6 +27,11 @@ from .write import AuditRecord, WriteOutcome, WriteRequest, WriteResult
 
 __all__ = [
     "AuditRecord",
+    "BacnetAddress",
+    "BacnetConnection",
+    "BacnetDevice",
+    "BacnetLocal",
+    "BacnetPoint",
     "DeadLetter",
     "Decision",
     "DecisionMode",

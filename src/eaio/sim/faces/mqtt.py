@@ -74,6 +74,10 @@ class MqttFace:
         self.settings = settings
         self.prefix = prefix
         self.on_command = on_command
+        # Only zones the gateway declares points for: a sensor nobody mapped would only fill the
+        # dead-letter table.
+        declared = {p.id.split(".")[0] for p in device.points}
+        self.zones = sorted(ZONE_NAMES & declared)
         self.published = 0
         self.commands = 0
         self.rejected = 0
@@ -121,7 +125,7 @@ class MqttFace:
         if self._client is None:
             return
         if elapsed >= self._next_env:
-            for zone in sorted(ZONE_NAMES):
+            for zone in self.zones:
                 self._publish(f"{self.prefix}/iot/{zone}/env", env_payload(zone, values, now))
             self._next_env = _next_due(self._next_env, elapsed, self.settings.env_interval_s)
         if elapsed >= self._next_meter:
