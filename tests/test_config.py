@@ -18,14 +18,16 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("name", ["site.example.yaml", "site.docker.yaml"])
 def test_shipped_site_files_load(name: str) -> None:
     cfg = load_config(ROOT / "config" / name)
-    assert {d.id for d in cfg.devices} == {"ahu1-ctrl", "zones-ctrl", "plant-ctrl", "main-meter", "iot-gw"}
+    assert {d.id for d in cfg.devices} == {"ahu1-ctrl", "zones-ctrl", "plant-ctrl", "main-meter", "iot-gw",
+                                           "zone4-vav"}
     assert len(cfg.devices_for("modbus")) == 4
-    assert len(cfg.points()) == 62
+    assert len(cfg.devices_for("bacnet")) == 1
+    assert len(cfg.points()) == 71
     assert cfg.sim.mqtt is not None
     assert cfg.sim.mqtt.device == "iot-gw"
     assert all(p.device_id for p in cfg.points())
     zone_temps = [p for p in cfg.points() if p.brick == "Zone_Air_Temperature_Sensor"]
-    assert sorted(p.zone for p in zone_temps) == ["zone1", "zone2", "zone3"]  # type: ignore[type-var]
+    assert sorted(p.zone for p in zone_temps) == ["zone1", "zone2", "zone3", "zone4"]  # type: ignore[type-var]
     for p in cfg.points():
         if p.writable and not p.is_binary:
             assert p.write_bounds is not None
