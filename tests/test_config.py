@@ -121,7 +121,7 @@ def test_check_config_command(tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "eaio", "check-config", str(ROOT / "config/site.example.yaml")],
                         capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
-    assert "62 points" in ok.stdout
+    assert "71 points" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"devices": [_device(address={"register": 70000})]}))
     res = subprocess.run([sys.executable, "-m", "eaio", "check-config", str(bad)],
