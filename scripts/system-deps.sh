@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs. Installed when missing and we are root; otherwise we
-# say what is missing. The foundation (Modbus) needs none; later issues add mosquitto and
-# influxdb here, and under CI=true a missing one fails the run instead of skipping tests.
+# say what is missing. MQTT needs mosquitto (and openssl for its TLS test), BACnet iproute2;
+# later issues add influxdb here. Under CI=true a missing one fails the run, never a skip.
 set -euo pipefail
-needed=(mosquitto openssl)   # later: influxdb iproute2
+needed=(mosquitto openssl iproute2)   # iproute2: `ip netns` for the BACnet broadcast test; later: influxdb
 missing=()
 for pkg in "${needed[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import anyio
@@ -64,3 +67,40 @@ async def until(check: Callable[[], Awaitable[T | None]], what: str, within: flo
                 return result
             await anyio.sleep(0.05)
     pytest.fail(f"timed out after {within} s waiting for {what}")
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], limit_s: float = 20.0) -> None:
+    """Until a TCP port on 127.0.0.1 accepts connections; fail early if ``proc`` exits."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited early: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port} after {limit_s} s")
+
+
+@contextmanager
+def serve_http(cfg: SiteConfig, protocol: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """``eaio serve <protocol> --transport http`` as a child, listening when this yields; stopped
+    with SIGTERM (then killed) at the end unless the test ended it itself."""
+    proc = subprocess.Popen(
+        server_command(cfg, protocol, "--transport", "http", "--port", str(port)),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_port(port, proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr:
+            proc.stderr.close()

@@ -7,9 +7,7 @@ serves every device on 127.0.0.1 with private ports; each test has its own data 
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from eaio.models import WriteOutcome
 from eaio.protocol_adapters.modbus_codec import decode
 from eaio.servers import CORE_TOOLS, ToolName
 from eaio.servers.audit import read_audit
-from helpers import call, error_of, eventually, server_command, stdio_session
+from helpers import call, error_of, eventually, serve_http, stdio_session
 
 MODBUS_TOOLS = {t.value for t in CORE_TOOLS | {ToolName.READ_REGISTERS}}
 
@@ -231,39 +229,11 @@ async def test_device_offline_and_recovery(wire_sim: Any, wire_site: SiteConfig)
 
 
 # -- streamable HTTP -----------------------------------------------------------------------------
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], limit_s: float = 20.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early: {proc.stderr.read().decode() if proc.stderr else ''}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port} after {limit_s} s")
-
-
 @pytest.fixture
 def http_server(wire_sim: Any, wire_site: SiteConfig) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
-    proc = subprocess.Popen(
-        server_command(wire_site, "modbus", "--transport", "http", "--port", str(port)),
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        _wait_for_port(port, proc)
+    with serve_http(wire_site, "modbus", port) as proc:
         yield f"http://127.0.0.1:{port}/mcp", proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
 
 
 async def test_http_transport(http_server: tuple[str, subprocess.Popen[bytes]], wire_sim: Any,

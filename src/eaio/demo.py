@@ -102,11 +102,27 @@ def _wait_for(what: str, ready: Callable[[], bool], children: list[Child]) -> No
         time.sleep(0.1)
 
 
+def _udp_taken(host: str, port: int) -> bool:
+    # UDP has no listener to connect to: a port is taken when it cannot be bound.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def _busy_ports(cfg: SiteConfig) -> list[str]:
     wanted = [(d.id, d.connection.host, d.connection.port) for d in cfg.devices_for("modbus")]
     wanted += [(f"{d.id} broker", d.connection.host, d.connection.port) for d in cfg.devices_for("mqtt")]
     wanted += [(f"{p} MCP server", "127.0.0.1", cfg.server_settings(p).port) for p in cfg.protocols()]
-    return [f"{name} ({host}:{port})" for name, host, port in wanted if _port_open(host, port)]
+    busy = [f"{name} ({host}:{port})" for name, host, port in wanted if _port_open(host, port)]
+    udp = [(f"{d.id} (BACnet)", d.connection.host, d.connection.port) for d in cfg.devices_for("bacnet")]
+    if cfg.devices_for("bacnet"):
+        host = cfg.bacnet.interface.split("/")[0]
+        udp += [(f"EAIO's BACnet {role} application", host, port) for role, port in cfg.bacnet.ports.items()
+                if role in ("ingest", "server")]
+    return busy + [f"{name} (udp {host}:{port})" for name, host, port in udp if _udp_taken(host, port)]
 
 
 def _summary(cfg: SiteConfig) -> dict[str, object]:

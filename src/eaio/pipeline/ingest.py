@@ -3,6 +3,9 @@
 Protocols that push (MQTT) are not polled: their adapter delivers readings through
 ``subscribe`` and the same validator and batched writer take them from there. Messages that
 cannot become readings arrive as dead letters and go to the store's dead-letter table.
+Protocols that may push (BACnet change-of-value) subscribe too, and each poll skips the points
+the adapter reports as ``pushed`` at that moment: a subscription that fails or lapses hands its
+points back to polling.
 
 One asyncio task per (device, poll interval) group, so a slow or dead device never delays the
 others; a tick that comes while the previous poll still runs is skipped, not queued. Polled
@@ -198,13 +201,14 @@ class Ingest:
     # -- pushed readings (MQTT) -------------------------------------------------------------
     async def _subscribe_pushed(self) -> None:
         for proto, adapter in self._adapters.items():
-            if proto not in PUSHED:
-                continue
             points = [p for d in self.cfg.devices_for(proto) for p in d.points]
-            # The adapter connects in the background: subscribe returns at once and the broker
-            # gets the subscriptions on every (re)connect.
-            await adapter.subscribe(points, self._on_pushed, self._on_dead_letter)  # type: ignore[call-arg]
-            self._tasks.append(asyncio.create_task(self._health_loop(adapter), name=f"ingest-health-{proto}"))
+            if proto in PUSHED:
+                # The adapter connects in the background: subscribe returns at once and the broker
+                # gets the subscriptions on every (re)connect.
+                await adapter.subscribe(points, self._on_pushed, self._on_dead_letter)  # type: ignore[call-arg]
+                self._tasks.append(asyncio.create_task(self._health_loop(adapter), name=f"ingest-health-{proto}"))
+            elif hasattr(adapter, "pushed"):
+                await adapter.subscribe(points, self._on_pushed)
 
     async def _on_pushed(self, batch: ReadingBatch) -> None:
         """A batch from a pushing adapter: validate and queue, as a poll would."""
@@ -290,14 +294,21 @@ class Ingest:
     async def poll_once(self, adapter: Adapter, group: PollGroup) -> list[Reading]:
         """Read one group, validate it and queue it for the store. Never raises for a device failure."""
         guard = max(MIN_READ_GUARD_S, group.interval_s * self.cfg.ingest.stale_after_polls)
+        points = group.points
+        pushed = getattr(adapter, "pushed", None)
+        if pushed is not None:  # points that arrive by change of value now need no poll
+            skip = {p.id for p in pushed(points)}
+            points = [p for p in points if p.id not in skip]
+            if not points:
+                return []
         try:
             async with asyncio.timeout(guard):
-                readings = await adapter.read(group.points)
+                readings = await adapter.read(points)
         except TimeoutError:
-            readings = failed_readings(group.points, f"timeout: {group.device_id} read took over {guard:g} s")
+            readings = failed_readings(points, f"timeout: {group.device_id} read took over {guard:g} s")
         except Exception as err:  # an adapter bug must not stop this device's polling, nor the others'
             log.exception("read of %s failed unexpectedly", group.device_id)
-            readings = failed_readings(group.points, f"protocol_error: {type(err).__name__}: {err}")
+            readings = failed_readings(points, f"protocol_error: {type(err).__name__}: {err}")
         self._validator.validate(readings, utcnow(), self._stale)
         self._note_poll(group.device_id, readings)
         self._enqueue(ReadingBatch.from_readings(readings))

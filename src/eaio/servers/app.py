@@ -23,7 +23,7 @@ __all__ = ["PROTOCOLS", "build_server", "run_server"]
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("modbus", "mqtt")
+PROTOCOLS = ("modbus", "mqtt", "bacnet")
 
 
 def _service_and_tools(protocol: str, cfg: SiteConfig, adapter: Adapter | None) -> tuple[CoreService, Callable]:
@@ -35,6 +35,10 @@ def _service_and_tools(protocol: str, cfg: SiteConfig, adapter: Adapter | None) 
         from .mqtt import build_mqtt_service, register_mqtt_tools
 
         return build_mqtt_service(cfg, adapter), register_mqtt_tools  # type: ignore[arg-type]
+    if protocol == "bacnet":
+        from .bacnet import build_bacnet_service, register_bacnet_tools
+
+        return build_bacnet_service(cfg, adapter), register_bacnet_tools
     raise ValueError(f"no MCP server for protocol '{protocol}' (expected one of {', '.join(PROTOCOLS)})")
 
 

@@ -11,6 +11,8 @@ from ..models import Limits, Reading, Value, trusted, utcnow
 
 __all__ = [
     "AgedReading",
+    "BacnetDeviceFound",
+    "BacnetObjectInfo",
     "BrokerInfo",
     "BrokerList",
     "DeviceInfo",
@@ -18,14 +20,20 @@ __all__ = [
     "HealthReport",
     "MessageInfo",
     "MessagePage",
+    "ObjectList",
     "PendingRestore",
     "PointInfo",
     "PointList",
+    "PriorityArray",
+    "PrioritySlot",
+    "PropertyValue",
     "PublishResult",
     "ReadError",
     "ReadPointsResult",
     "RegisterValues",
+    "RelinquishResult",
     "SubscribeResult",
+    "WhoIsResult",
 ]
 
 
@@ -211,3 +219,66 @@ class BrokerInfo(BaseModel):
 
 class BrokerList(BaseModel):
     brokers: list[Annotated[BrokerInfo, flat_schema(BrokerInfo)]]
+
+
+class BacnetDeviceFound(BaseModel):
+    device_instance: int
+    address: str
+    max_apdu: int | None = None
+    segmentation: str | None = None
+    vendor_id: int | None = None
+    device_id: str | None = Field(default=None, description="The site's id for this device, when configured")
+
+
+class WhoIsResult(BaseModel):
+    devices: list[BacnetDeviceFound]
+    count: int
+
+
+class BacnetObjectInfo(BaseModel):
+    object_id: str = Field(description="type,instance as BACnet names it, e.g. 'analog-input,1'")
+    type: str
+    instance: int
+    name: str | None = None
+    units: str | None = None
+    point_id: str | None = Field(default=None, description="The configured point this object is, if any")
+
+
+class ObjectList(BaseModel):
+    device_id: str
+    objects: list[BacnetObjectInfo]
+    count: int
+
+
+class PropertyValue(BaseModel):
+    device_id: str
+    object_id: str
+    property: str
+    index: int | None = None
+    value: Any = Field(description="The property's value as JSON (enumerations as their names)")
+
+
+class PrioritySlot(BaseModel):
+    priority: int = Field(ge=1, le=16)
+    value: Value
+
+
+class PriorityArray(BaseModel):
+    point_id: str
+    device_id: str
+    object_id: str
+    priorities: list[PrioritySlot] = Field(description="The slots that hold a command (1 is the highest)")
+    active_priority: int | None = Field(description="The slot in control; None: relinquish_default applies")
+    relinquish_default: Value | None = None
+    present_value: Value | None = None
+    pending_relinquish: datetime | None = Field(default=None, description="When EAIO will relinquish its write")
+
+
+class RelinquishResult(BaseModel):
+    point_id: str
+    priority: int
+    outcome: str
+    previous_value: Value | None = None
+    readback_value: Value | None = None
+    audit_id: str
+    message: str = ""

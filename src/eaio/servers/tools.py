@@ -44,6 +44,11 @@ class ToolName(StrEnum):
     READ_MESSAGES = "read_messages"  # MQTT
     PUBLISH_MESSAGE = "publish_message"  # MQTT
     BROKER_INFO = "broker_info"  # MQTT
+    WHO_IS = "who_is"  # BACnet
+    LIST_OBJECTS = "list_objects"  # BACnet
+    READ_PROPERTY = "read_property"  # BACnet
+    READ_PRIORITY_ARRAY = "read_priority_array"  # BACnet
+    RELINQUISH = "relinquish"  # BACnet
 
 
 # The tools every protocol server has, with the same names and shapes.
