@@ -41,7 +41,8 @@ def sim(
     config: ConfigOpt = DEFAULT_CONFIG,
     speed: Annotated[float | None, typer.Option(help="Sim seconds per wall second")] = None,
     fault: Annotated[
-        list[str] | None, typer.Option(help="KIND:TARGET[:MAGNITUDE], e.g. stuck:zone1.temp, offline:plant-ctrl")
+        list[str] | None, typer.Option(help="KIND:TARGET[:MAGNITUDE], e.g. stuck:zone1.temp, offline:plant-ctrl, "
+                                     "unreliable:zone4.temp")
     ] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after this many wall seconds")] = None,
 ) -> None:

@@ -114,8 +114,8 @@ class AgentSettings(_Strict):
 
 
 class SimFaultSpec(_Strict):
-    kind: Literal["stuck", "spike", "drift", "offline"]
-    target: str = Field(description="A point id (stuck, spike, drift) or a device id (offline)")
+    kind: Literal["stuck", "spike", "drift", "offline", "unreliable"]
+    target: str = Field(description="A point id (stuck, spike, drift, unreliable) or a device id (offline)")
     magnitude: float = Field(default=0.0, description="spike: added value; drift: units per sim hour")
     start_s: float = Field(default=0.0, ge=0, description="Sim seconds after start")
     duration_s: float | None = Field(default=None, gt=0)

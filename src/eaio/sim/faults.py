@@ -2,7 +2,9 @@
 
 Times are sim seconds since the simulation started. A fault from the site file starts at its
 ``start_s``; a fault injected at run time starts ``start_s`` after the moment it is injected.
-Sensor faults (stuck, spike, drift) change served values only; ``offline`` silences a device.
+Sensor faults (stuck, spike, drift) change served values only; ``offline`` silences a device;
+``unreliable`` flags a point's object as unreliable (a BACnet face sets its reliability and the
+fault status flag; a Modbus register has nowhere to say so, so a Modbus face serves it unchanged).
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ class FaultBook:
     def offline_devices(self, elapsed: float) -> set[str]:
         return {f.spec.target for f in self.active(elapsed) if f.spec.kind == "offline"}
 
+    def unreliable_points(self, elapsed: float) -> set[str]:
+        return {f.spec.target for f in self.active(elapsed) if f.spec.kind == "unreliable"}
+
     def expire(self, elapsed: float) -> None:
         """Forget faults that are over, so the book does not grow in a long run."""
         self.faults = [f for f in self.faults if f.end is None or elapsed < f.end]
@@ -62,7 +67,7 @@ class FaultBook:
         """The value a face serves for ``point_id`` whose true value is ``true``."""
         value = true
         for f in self.faults:
-            if f.spec.target != point_id or f.spec.kind == "offline" or not f.is_active(elapsed):
+            if f.spec.target != point_id or f.spec.kind in ("offline", "unreliable") or not f.is_active(elapsed):
                 continue
             if f.spec.kind == "stuck":
                 if f.frozen is None:

@@ -1,5 +1,6 @@
-"""Run the virtual building: physics on a sim clock, faults, one Modbus face per device, and
-an MQTT face (IoT sensors, sub-meters, setpoint commands) when ``sim.mqtt`` names a device.
+"""Run the virtual building: physics on a sim clock, faults, one Modbus or BACnet/IP face per
+device, and an MQTT face (IoT sensors, sub-meters, setpoint commands) when ``sim.mqtt`` names a
+device.
 
 ``Simulation`` is the async context manager (use it inside an event loop you own);
 ``SimThread`` runs one in a daemon thread with its own loop, for sync tests and tools.
@@ -24,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..config import SimFaultSpec, SiteConfig
 from ..errors import EaioError
+from .faces.bacnet import BacnetFace
 from .faces.modbus import ModbusFace
 from .faces.mqtt import MqttFace
 from .faults import FaultBook
@@ -34,6 +36,8 @@ __all__ = ["SimThread", "Simulation", "parse_fault", "run_sim"]
 log = logging.getLogger(__name__)
 Value = float | int | bool
 T = TypeVar("T")
+# A device's face: what the runner needs of any of them (ports, counts, offline and back).
+Face = ModbusFace | BacnetFace
 
 
 def _site_tz(cfg: SiteConfig) -> tzinfo:
@@ -44,7 +48,7 @@ def _site_tz(cfg: SiteConfig) -> tzinfo:
 
 
 class Simulation:
-    """The virtual building of ``cfg``: every modbus device served on its host:port."""
+    """The virtual building of ``cfg``: every Modbus and BACnet device served on its address."""
 
     def __init__(self, cfg: SiteConfig, *, speed: float | None = None, faults: Iterable[SimFaultSpec] = ()) -> None:
         self.cfg = cfg
@@ -63,10 +67,12 @@ class Simulation:
         self.faults = FaultBook()
         for spec in [*cfg.sim.faults, *faults]:
             self.faults.add(spec)
-        self.faces = {
+        self.faces: dict[str, Face] = {
             d.id: ModbusFace(d, self._client_write, strict_gaps=d.id in cfg.sim.strict_gaps)
             for d in cfg.devices_for("modbus")
         }
+        for d in cfg.devices_for("bacnet"):
+            self.faces[d.id] = BacnetFace(d, self._client_write, cfg.sim.bacnet)
         self.mqtt_face = self._mqtt_face(cfg)
         self.served: dict[str, Value] = {}
         self.step = 0
@@ -221,8 +227,12 @@ class Simulation:
             true = self.true_value(pid)
             served[pid] = self.faults.served(pid, true, self.elapsed, self.step)
         self.served = served
+        unreliable = self.faults.unreliable_points(self.elapsed)
         for face in self.faces.values():
-            face.refresh(served)
+            if isinstance(face, BacnetFace):
+                face.refresh(served, unreliable)
+            else:
+                face.refresh(served)  # a register cannot say "unreliable": Modbus serves the value as is
         self._apply_offline()
 
     def _apply_offline(self) -> None:
@@ -243,7 +253,7 @@ class Simulation:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _restart(self, face: ModbusFace) -> None:
+    async def _restart(self, face: Face) -> None:
         try:
             if not face.online and face.device.id not in self.faults.offline_devices(self.elapsed):
                 await face.start()
@@ -367,7 +377,7 @@ class SimThread:
 
 
 # -- the CLI's entry points -------------------------------------------------------------------
-_KINDS = ("stuck", "spike", "drift", "offline")
+_KINDS = ("stuck", "spike", "drift", "offline", "unreliable")
 
 
 def parse_fault(text: str) -> SimFaultSpec:
@@ -386,7 +396,7 @@ def parse_fault(text: str) -> SimFaultSpec:
             raise ValueError(f"'{text}': magnitude '{parts[2]}' is not a number") from None
     elif kind in ("spike", "drift"):
         raise ValueError(f"'{text}': a {kind} fault needs a magnitude, e.g. {kind}:{target}:2")
-    if kind in ("stuck", "offline") and len(parts) == 3:
+    if kind in ("stuck", "offline", "unreliable") and len(parts) == 3:
         raise ValueError(f"'{text}': a {kind} fault takes no magnitude")
     return SimFaultSpec(kind=kind, target=target, magnitude=magnitude)  # type: ignore[arg-type]
 
@@ -405,6 +415,9 @@ async def run_sim(
             for dev in cfg.devices_for("modbus"):
                 c = dev.connection
                 print(f"{dev.id}  modbus tcp {c.host}:{c.port} unit {c.unit}", flush=True)
+            for dev in cfg.devices_for("bacnet"):
+                c = dev.connection
+                print(f"{dev.id}  bacnet/ip udp {c.host}:{c.port} device {c.device_instance}", flush=True)
             if sim.mqtt_face is not None:
                 face = sim.mqtt_face
                 c = face.device.connection

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .bacnet import BacnetFace
 from .modbus import ModbusFace
 
-__all__ = ["ModbusFace"]
+__all__ = ["BacnetFace", "ModbusFace"]
