@@ -14,6 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +67,28 @@ def _site(site_file: Callable[..., Path], subnet: str) -> Path:
     return path
 
 
+@contextmanager
+def _sim_in(ns: str, path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    sim = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "eaio", "sim", "--config", str(path)],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield sim
+    finally:
+        sim.terminate()
+        try:
+            sim.wait(10)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+            sim.wait()
+        if sim.stderr:
+            sim.stderr.close()
+
+
 async def test_broadcast_who_is_finds_the_device(two_hosts: tuple[str, str, str],
                                                  site_file: Callable[..., Path]) -> None:
     dev_ns, cli_ns, subnet = two_hosts
     path = _site(site_file, subnet)
-    sim = subprocess.Popen(["ip", "netns", "exec", dev_ns, sys.executable, "-m", "eaio", "sim", "--config", str(path)],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+    with _sim_in(dev_ns, path) as sim:
         params = StdioServerParameters(
             command="ip", args=["netns", "exec", cli_ns, sys.executable, "-m", "eaio", "serve", "bacnet",
                                 "--config", str(path)], env=dict(os.environ))
@@ -87,12 +103,3 @@ async def test_broadcast_who_is_finds_the_device(two_hosts: tuple[str, str, str]
             assert devices[0]["address"].startswith(f"{subnet}.1")
             # The same discovery, narrowed to a range that leaves the device out, finds nothing.
             assert (await call(c, "who_is", {"low": 1, "high": 1000, "timeout_s": 1}))["devices"] == []
-    finally:
-        sim.terminate()
-        try:
-            sim.wait(10)
-        except subprocess.TimeoutExpired:
-            sim.kill()
-            sim.wait()
-        if sim.stderr:
-            sim.stderr.close()

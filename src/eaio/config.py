@@ -275,6 +275,10 @@ def check(cfg: SiteConfig) -> list[tuple[str, str]]:
     problems += _check_bacnet_addresses(cfg)
     if cfg.sim.mqtt is not None and cfg.sim.mqtt.device not in {d.id for d in cfg.devices_for("mqtt")}:
         problems.append(("sim.mqtt.device", f"'{cfg.sim.mqtt.device}' is not an MQTT device of this site"))
+    bacnet_ids = {d.id for d in cfg.devices_for("bacnet")}
+    for i, dev_id in enumerate(cfg.sim.bacnet.no_rpm):
+        if dev_id not in bacnet_ids:
+            problems.append((f"sim.bacnet.no_rpm[{i}]", f"'{dev_id}' is not a BACnet device of this site"))
     for name in cfg.servers:
         if name not in ("modbus", "bacnet", "opcua", "mqtt"):
             problems.append((f"servers.{name}", "unknown protocol; expected modbus, bacnet, opcua or mqtt"))
