@@ -26,6 +26,18 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int, kind: int = socket.SOCK_STREAM) -> list[int]:
+    """``n`` distinct free ports (all held open while choosing, so none is handed out twice)."""
+    socks = [socket.socket(socket.AF_INET, kind) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -51,10 +63,13 @@ def site_file(tmp_path: Path) -> Callable[..., Path]:
         if not bacnet:
             raw["devices"] = [d for d in raw["devices"] if d.get("protocol") != "bacnet"]
             raw["servers"].pop("bacnet", None)
-        raw["bacnet"]["ports"] = {role: free_port(socket.SOCK_DGRAM) for role in raw["bacnet"]["ports"]}
+        bacnet_devices = [d for d in raw["devices"] if d.get("protocol") == "bacnet"]
+        udp = free_ports(len(raw["bacnet"]["ports"]) + len(bacnet_devices), socket.SOCK_DGRAM)
+        raw["bacnet"]["ports"] = dict(zip(raw["bacnet"]["ports"], udp, strict=False))
+        for dev, port in zip(bacnet_devices, udp[len(raw["bacnet"]["ports"]):], strict=True):
+            dev["connection"]["address"] = f"127.0.0.1:{port}"  # the sim's BACnet face
         for dev in raw["devices"]:
-            if dev.get("protocol") == "bacnet":  # the sim's BACnet face, on a free UDP port
-                dev["connection"]["address"] = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+            if dev.get("protocol") == "bacnet":
                 continue
             # Modbus devices get free ports for the sim to serve; MQTT devices one for a broker.
             dev.setdefault("connection", {})["port"] = free_port()

@@ -21,7 +21,8 @@ from eaio.errors import DeviceError
 from eaio.models import ModbusAddress, ModbusDevice, ModbusPoint, Quality
 from eaio.models.point import REGISTER_COUNT
 from eaio.protocol_adapters import build_adapter
-from eaio.protocol_adapters.modbus import CircuitBreaker, ModbusAdapter
+from eaio.protocol_adapters.breaker import CircuitBreaker
+from eaio.protocol_adapters.modbus import ModbusAdapter
 from eaio.sim.runner import SimThread
 
 pytestmark = pytest.mark.anyio

@@ -10,7 +10,8 @@ __all__ = ["Adapter", "ReadingCallback", "build_adapter"]
 def build_adapter(protocol: str, devices: list, **kw: Any) -> Adapter:  # type: ignore[type-arg]
     """The adapter for ``protocol`` over ``devices`` (not yet connected).
 
-    ``kw`` goes to the adapter's constructor (MQTT: ``role=``, ``buffer_size=``).
+    ``kw`` goes to the adapter's constructor (MQTT: ``role=``, ``buffer_size=``; BACnet:
+    ``local=`` the site's ``BacnetLocal`` and ``role=``, which pick its local UDP port).
     """
     if protocol == "modbus":
         from .modbus import ModbusAdapter
@@ -20,4 +21,8 @@ def build_adapter(protocol: str, devices: list, **kw: Any) -> Adapter:  # type: 
         from .mqtt import MqttAdapter
 
         return MqttAdapter(devices, **kw)
+    if protocol == "bacnet":
+        from .bacnet import BacnetAdapter
+
+        return BacnetAdapter(devices, **kw)
     raise ValueError(f"no adapter for protocol '{protocol}'")

@@ -1,0 +1,252 @@
+"""Change-of-value subscriptions: one task per subscribed point, one task handing batches out.
+
+Each point's task subscribes (unconfirmed notifications, lifetime ``cov_lifetime_s``), turns each
+notification (present-value and status-flags) into a row of the pending ``ReadingBatch``, and
+renews the subscription itself before the lifetime ends: bacpypes3's context manager renews on a
+timer of its own, but a renewal that fails there is never heard of, and it bypasses the link's
+limit of outstanding requests. So the context manager's timer is cancelled after each
+(re)subscription and renewals go through ``Link.call`` like every other request.
+
+A point whose subscription the device refuses is left to polling for good; one whose device
+stops answering leaves ``pushed()`` until the device answers again (a poll, or the probe that
+one waiting task makes every ``breaker_reset_s``), then subscribes anew: a device that restarted
+has forgotten its subscriptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bacpypes3.apdu import ErrorRejectAbortNack
+from bacpypes3.app import Application
+from bacpypes3.basetypes import PropertyIdentifier
+from bacpypes3.primitivedata import ObjectIdentifier
+
+from ..models import BacnetPoint, Quality, ReadingBatch, to_us, utcnow
+from .bacnet_link import CommFailure, Invalid, Link, Refused
+from .bacnet_read import Status, point_value, quality_of
+from .base import ReadingCallback
+
+__all__ = ["CovHub", "wants_cov"]
+
+log = logging.getLogger(__name__)
+_UNSUBSCRIBE_S = 1.0  # longest a closing adapter waits to cancel its subscriptions politely
+# After the first row wakes the dispatcher it waits this long for more: a change on a controller
+# often moves several objects at once, and (re)subscribing makes every object report at once.
+_LINGER_S = 0.01
+
+
+def wants_cov(point: BacnetPoint, link: Link) -> bool:
+    """COV is for present-values (what notifications carry) of devices that do it."""
+    wanted = point.cov if point.cov is not None else link.device.connection.cov
+    return wanted and point.address.property == "present-value" and not link.cov_refused
+
+
+class CovHub:
+    """The subscriptions of one adapter and the subscribers their readings go to."""
+
+    def __init__(self, app: Callable[[], Application], links: dict[str, Link]) -> None:
+        self._app = app
+        self._links = links
+        self._subscribers: list[tuple[frozenset[str], ReadingCallback]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._first: dict[str, asyncio.Future[None]] = {}
+        self._pending = ReadingBatch()
+        self._wake = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- the adapter's side -------------------------------------------------------------------
+    async def subscribe(self, points: Sequence[BacnetPoint], callback: ReadingCallback) -> None:
+        """Start subscriptions for ``points`` that want COV; return once each has been tried."""
+        self._subscribers.append((frozenset(p.id for p in points), callback))
+        if self._dispatcher is None:
+            self._dispatcher = asyncio.create_task(self._dispatch(), name="bacnet cov dispatch")
+        loop = asyncio.get_running_loop()
+        firsts: list[asyncio.Future[None]] = []
+        for p in points:
+            link = self._links[p.device_id]
+            if not wants_cov(p, link):
+                continue
+            if p.id not in self._tasks:
+                self._first[p.id] = loop.create_future()
+                self._tasks[p.id] = asyncio.create_task(self._run(link, p), name=f"bacnet cov {p.id}")
+            firsts.append(self._first[p.id])
+        if firsts:
+            await asyncio.wait(firsts)
+
+    async def close(self) -> None:
+        self._closing = True
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=_UNSUBSCRIBE_S + 1)
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        self._tasks.clear()
+        self._subscribers.clear()
+
+    # -- one point ----------------------------------------------------------------------------
+    async def _run(self, link: Link, point: BacnetPoint) -> None:
+        try:
+            while True:
+                try:
+                    scm = await self._open_gated(link, point)
+                except (Refused, Invalid) as err:
+                    self._refused(link, point, err)
+                    return
+                except CommFailure:
+                    self._tried(point)
+                    continue  # the link is offline now: the next try waits at the gate
+                self._tried(point)
+                link.cov_active.add(point.id)
+                try:
+                    await self._pump(link, point, scm)
+                except CommFailure:
+                    continue  # the renewal went unanswered: subscribe anew once the device is back
+                except (Refused, Invalid) as err:
+                    self._refused(link, point, err)
+                    return
+                finally:
+                    link.cov_active.discard(point.id)
+                    await self._leave(link, scm)
+        except Exception:
+            log.exception("bacnet %s: the COV task of %s failed; it is polled", link.device.id, point.id)
+        finally:
+            self._tried(point)
+
+    async def _open_gated(self, link: Link, point: BacnetPoint) -> Any:
+        # While the device is offline, the waiting tasks take turns: one tries (a probe) every
+        # breaker_reset_s, the others wait for it, so a dead device costs one timeout per period.
+        # A poll that finds the device back ends the wait early.
+        while link.online is False:
+            async with link.probe:
+                if link.online is False:
+                    delay = link.breaker.retry_in() or link.device.connection.breaker_reset_s
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(link.back_online.wait(), delay)
+                    return await self._open(link, point)
+        return await self._open(link, point)
+
+    async def _open(self, link: Link, point: BacnetPoint) -> Any:
+        scm = self._app().change_of_value(
+            link.peer, ObjectIdentifier(point.address.object_id),  # not a str: see NOTES
+            None, False, link.device.connection.cov_lifetime_s,
+        )
+        await link.call(scm.__aenter__)
+        _no_auto_renewal(scm)
+        return scm
+
+    async def _pump(self, link: Link, point: BacnetPoint, scm: Any) -> None:
+        """Notifications into rows until the device stops answering (CommFailure) or refuses a renewal."""
+        loop = asyncio.get_running_loop()
+        lifetime = link.device.connection.cov_lifetime_s
+        renew_in = max(1.0, min(lifetime * 0.8, lifetime - link.attempt_budget_s - 1))
+        renew_at = loop.time() + renew_in
+        pv: Any = None
+        flags: Any = None
+        # A device that stopped answering polls has likely dropped its subscriptions (a restart
+        # forgets them): leave at once and subscribe anew when it is back.
+        gone = asyncio.ensure_future(link.went_offline.wait())
+        try:
+            while True:
+                wait = renew_at - loop.time()
+                if wait <= 0:
+                    await link.call(scm.refresh_subscription)
+                    _no_auto_renewal(scm)
+                    renew_at = loop.time() + renew_in
+                    continue
+                get = asyncio.ensure_future(scm.get_value())
+                await asyncio.wait({get, gone}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    if gone.done():
+                        raise CommFailure("the device stopped answering")
+                    continue
+                items = [get.result()]
+                # A notification's values are queued together: take them all before emitting one row.
+                while not scm.queue.empty():
+                    items.append(await scm.get_value())
+                for prop, value in items:
+                    if prop == PropertyIdentifier.presentValue:
+                        pv = value
+                    elif prop == PropertyIdentifier.statusFlags:
+                        flags = value
+                if pv is not None:
+                    await self._emit(link, point, pv, flags)
+        finally:
+            gone.cancel()
+
+    async def _emit(self, link: Link, point: BacnetPoint, pv: Any, flags: Any) -> None:
+        status = Status.from_values(flags)
+        if status.fault:
+            # Notifications carry the fault bit only; the reason is in reliability.
+            with contextlib.suppress(CommFailure, Refused, Invalid):
+                app = self._app()
+                reliability = await link.call(
+                    lambda: app.read_property(link.peer, point.address.object_id, "reliability")
+                )
+                status = Status.from_values(flags, reliability)
+        value = point_value(pv, point)
+        quality, reasons = quality_of(status)
+        if value is None:
+            quality, reasons = Quality.BAD, [*reasons, "protocol_status:unsupported_value"]
+        b = self._pending
+        b.append(point.id, value, to_us(utcnow()), point.unit, point.device_id, quality)
+        if reasons:
+            b.reasons[len(b) - 1] = reasons
+        self._wake.set()
+
+    async def _leave(self, link: Link, scm: Any) -> None:
+        if self._closing and link.online:
+            # Say goodbye, so the device stops sending to a port that is about to close.
+            with contextlib.suppress(TimeoutError, Exception, ErrorRejectAbortNack):
+                async with asyncio.timeout(_UNSUBSCRIBE_S), link.sem:
+                    await scm.__aexit__(None, None, None)
+                return
+        # Abandon: forget the context without a request (the device's copy expires by itself).
+        with contextlib.suppress(Exception):
+            await scm.__aexit__(CommFailure, CommFailure("abandoned"), None)
+
+    def _refused(self, link: Link, point: BacnetPoint, err: Exception) -> None:
+        if isinstance(err, Refused) and err.name == "unrecognized-service":
+            link.cov_refused = True
+        log.info("bacnet %s: no COV for %s (%s); it is polled", link.device.id, point.id, err)
+
+    def _tried(self, point: BacnetPoint) -> None:
+        first = self._first.get(point.id)
+        if first is not None and not first.done():
+            first.set_result(None)
+
+    # -- handing batches out ------------------------------------------------------------------
+    async def _dispatch(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(_LINGER_S)
+            self._wake.clear()
+            batch, self._pending = self._pending, ReadingBatch()
+            if not len(batch):
+                continue
+            for ids, callback in list(self._subscribers):
+                rows = [i for i, pid in enumerate(batch.point_id) if pid in ids]
+                if not rows:
+                    continue
+                try:
+                    # Each subscriber owns what it is given and may mark it.
+                    await callback(batch.select(rows))
+                except Exception:
+                    log.exception("bacnet: a COV subscriber failed on a batch of %d", len(rows))
+
+
+def _no_auto_renewal(scm: Any) -> None:
+    handle = getattr(scm, "refresh_subscription_handle", None)
+    if handle is not None:
+        handle.cancel()
+        scm.refresh_subscription_handle = None
