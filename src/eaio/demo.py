@@ -274,6 +274,9 @@ def _where(cfg: SiteConfig) -> None:
         out.print(f"  device  {d.id:<11} modbus tcp {d.connection.host}:{d.connection.port} unit {d.connection.unit}")
     for d in cfg.devices_for("mqtt"):
         out.print(f"  device  {d.id:<11} mqtt broker {d.connection.host}:{d.connection.port} (private mosquitto)")
+    for d in cfg.devices_for("bacnet"):
+        c = d.connection
+        out.print(f"  device  {d.id:<11} bacnet/ip udp {c.host}:{c.port} device {c.device_instance}")
     if cfg.sim.control_port:
         out.print(f"  sim control      http://127.0.0.1:{cfg.sim.control_port}/state")
     for p in cfg.protocols():
