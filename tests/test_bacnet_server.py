@@ -182,3 +182,13 @@ async def test_an_offline_device_is_a_clear_error(bac_site: SiteConfig, building
 async def _reads(c: Any) -> bool:
     result = await c.call_tool("read_points", {"point_ids": ["zone4.temp"]})
     return not result.is_error
+
+
+async def test_a_second_server_takes_a_free_port(bac_site: SiteConfig, building: SimThread) -> None:
+    """Two servers of one site (the demo's and an MCP client's own): the second cannot have the
+    configured UDP port and takes a free one; both reach the device."""
+    async with stdio_session(bac_site, "bacnet") as first, stdio_session(bac_site, "bacnet") as second:
+        for c in (first, second):
+            result = await call(c, "read_points", {"point_ids": ["zone4.temp"]})
+            assert result["readings"][0]["quality"] == "good"
+            assert result["readings"][0]["value"] == pytest.approx(building.value("zone4.temp"), abs=0.05)

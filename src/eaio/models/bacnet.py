@@ -135,7 +135,7 @@ class BacnetLocal(_Strict):
     interface: str = Field(default="127.0.0.1", description="Address to bind, with /mask for broadcasts "
                            "(e.g. '192.168.1.20/24'); no port")
     ports: dict[str, int] = Field(
-        default_factory=lambda: {"ingest": 47809, "server": 47810, "agent": 47811},
+        default_factory=lambda: {"ingest": 47809, "server": 47810},
         description="UDP port per role; a role not listed gets a free port",
     )
     device_instance: int = Field(default=3_999_000, ge=0, le=MAX_INSTANCE - 100,

@@ -20,7 +20,7 @@ from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from ..config import SiteConfig
-from ..errors import DeviceError, ValidationFailed
+from ..errors import ConnectionFailed, DeviceError, ValidationFailed
 from ..models import AuditRecord, BacnetPoint, Point, Value, WriteOutcome, WriteResult, utcnow
 from ..models.bacnet import MAX_INSTANCE, check_bacnet_address
 from ..protocol_adapters import build_adapter
@@ -53,6 +53,7 @@ _PROPERTY = re.compile(r"^[a-z][a-z\-]*$")
 
 class BacnetService(CoreService):
     def __init__(self, cfg: SiteConfig, adapter: Adapter | None = None) -> None:
+        self._own_adapter = adapter is None
         if adapter is None:
             # role "server": a UDP port of its own (cfg.bacnet.ports), apart from ingest's.
             adapter = build_adapter("bacnet", cfg.devices_for("bacnet"), local=cfg.bacnet, role="server")
@@ -61,7 +62,17 @@ class BacnetService(CoreService):
         self.overrides = OverrideBook(cfg.resolve("bacnet/overrides.json"))
 
     async def __aenter__(self) -> Self:
-        await super().__aenter__()
+        try:
+            await super().__aenter__()
+        except ConnectionFailed as err:
+            if not self._own_adapter:
+                raise
+            # Another server has the configured port (the demo's, and an MCP client that starts
+            # its own): any port works for talking to devices, devices answer the sender's port.
+            log.warning("%s; this server takes a free port instead", err)
+            self.adapter = self.bacnet = build_adapter("bacnet", self.cfg.devices_for("bacnet"),
+                                                       local=self.cfg.bacnet, role="server-extra")
+            await super().__aenter__()
         try:
             await self._resume_overrides()
         except BaseException:
