@@ -58,6 +58,7 @@ class CovHub:
         self._pending = ReadingBatch()
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
+        self._watchdogs: dict[str, asyncio.Task[None]] = {}
         self._closing = False
 
     # -- the adapter's side -------------------------------------------------------------------
@@ -75,12 +76,18 @@ class CovHub:
             if p.id not in self._tasks:
                 self._first[p.id] = loop.create_future()
                 self._tasks[p.id] = asyncio.create_task(self._run(link, p), name=f"bacnet cov {p.id}")
+            if link.device.id not in self._watchdogs:
+                self._watchdogs[link.device.id] = asyncio.create_task(
+                    self._watch(link), name=f"bacnet cov watch {link.device.id}")
             firsts.append(self._first[p.id])
         if firsts:
             await asyncio.wait(firsts)
 
     async def close(self) -> None:
         self._closing = True
+        for w in self._watchdogs.values():
+            w.cancel()
+        self._watchdogs.clear()
         tasks = list(self._tasks.values())
         for t in tasks:
             t.cancel()
@@ -92,6 +99,21 @@ class CovHub:
                 await self._dispatcher
         self._tasks.clear()
         self._subscribers.clear()
+
+    async def _watch(self, link: Link) -> None:
+        """Unconfirmed notifications are never acknowledged, so a device that died looks just like
+        one whose values do not change, and while all its points are pushed nothing else asks it
+        anything. Ask for one small property every poll interval (unless something else had an
+        answer meanwhile): an outage then trips the link, and its points go back to polling."""
+        interval = link.device.poll_interval_s
+        device = f"device,{link.device.connection.device_instance}"
+        while True:
+            await asyncio.sleep(interval)
+            recent = link.last_ok is not None and (utcnow() - link.last_ok).total_seconds() < interval
+            if not link.cov_active or link.online is False or recent:
+                continue
+            with contextlib.suppress(CommFailure, Refused, Invalid):
+                await link.call(lambda app=self._app(): app.read_property(link.peer, device, "system-status"))
 
     # -- one point ----------------------------------------------------------------------------
     async def _run(self, link: Link, point: BacnetPoint) -> None:
