@@ -174,7 +174,7 @@ async def test_an_offline_device_is_a_clear_error(bac_site: SiteConfig, building
         await call(c, "read_points", {"point_ids": ["zone4.temp"]})
         building.inject(SimFaultSpec(kind="offline", target="zone4-vav"))
         text = await error_of(c, "read_points", {"point_ids": ["zone4.temp", "zone4.damper"]})
-        assert text.split(":")[0] in ("device_offline", "timeout"), text
+        assert text.startswith("device_offline: "), text
         building.clear_faults("zone4-vav")
         await eventually(lambda: _reads(c), 15)
 

@@ -37,7 +37,9 @@ class CommFailure(Exception):
 
 
 class Timeout(CommFailure):
-    code = "timeout"
+    # Over UDP there is no connection to be refused: silence is the only sign of a device that
+    # is off the network, so it is reported as device_offline ("no answer within ...").
+    code = "device_offline"
 
 
 class Invalid(Exception):
