@@ -29,8 +29,10 @@ from bacpypes3.primitivedata import Null, ObjectIdentifier
 from ..errors import ConnectionFailed, DeviceError
 from ..models import BacnetDevice, BacnetLocal, BacnetPoint, Point, Quality, Reading, Reason, Value
 from ..models.bacnet import MAX_INSTANCE
+from . import bacnet_fast
 from . import bacnet_raw as raw
 from .bacnet_cov import CovHub
+from .bacnet_fast import FastRpm, Row
 from .bacnet_link import CommFailure, Invalid, Link, Refused
 from .bacnet_read import (
     OWN_MAX_APDU,
@@ -64,12 +66,14 @@ class BacnetAdapter:
         self._points: dict[str, BacnetPoint] = {p.id: p for d in self._devices for p in d.points}
         self._app: Application | None = None
         self._cov: CovHub | None = None
+        self._fast = FastRpm()
         self.local_address: str | None = None  # 'host:port' once open
 
     # -- lifetime -----------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
         for link in self._links.values():
             link.reset()
+        bacnet_fast.install()  # once per process; it checks bacpypes3 first and logs when it stays off
         host = self._local.interface.split("/")[0]
         port = self._local.ports.get(self._role) or _free_udp_port(host)
         if not _port_free(host, port):
@@ -229,20 +233,38 @@ class BacnetAdapter:
         by_object: dict[str, list[BacnetPoint]] = {}
         for p in batch:
             by_object.setdefault(p.address.object_id, []).append(p)
-        spec: list[Any] = []
+        spec = [(oid, list(dict.fromkeys([*(p.address.property for p in pts), *STATUS_PROPERTIES])))
+                for oid, pts in by_object.items()]
+        values = _values(await self._rpm(link, spec))
+        status = {oid: Status.from_values(*(values.get((oid, s)) for s in STATUS_PROPERTIES)) for oid in by_object}
+        faulted = [oid for oid, s in status.items() if s.fault]
+        if faulted:
+            # The fault flag says that something is wrong, reliability says what: ask only those objects.
+            with contextlib.suppress(Refused, Invalid, CommFailure):  # the fault bit alone still makes it bad
+                reliability = _values(await self._rpm(link, [(oid, ["reliability"]) for oid in faulted]))
+                for oid in faulted:
+                    status[oid] = Status.from_values(values.get((oid, "status-flags")),
+                                                     reliability.get((oid, "reliability")))
         for oid, pts in by_object.items():
-            props = list(dict.fromkeys([*(p.address.property for p in pts), *STATUS_PROPERTIES]))
-            spec += [ObjectIdentifier(oid), props]
-        app = self.app
-        answer = await link.call(lambda: app.read_property_multiple(link.peer, spec))
-        values: dict[tuple[str, str], Any] = {}
-        for objid, prop, index, value in answer or ():
-            if index is None:
-                values[(str(objid), str(prop))] = value
-        for oid, pts in by_object.items():
-            status = Status.from_values(*(values.get((oid, s)) for s in STATUS_PROPERTIES))
             for p in pts:
-                results[p.id] = _reading(link, p, values.get((oid, p.address.property), _MISSING), status)
+                results[p.id] = _reading(link, p, values.get((oid, p.address.property), _MISSING), status[oid])
+
+    async def _rpm(self, link: Link, spec: list[tuple[str, list[str]]]) -> list[Row]:
+        """One ReadPropertyMultiple, as rows: the prepared request and fast decoder while they are
+        usable (``bacnet_fast``), else bacpypes3's ``read_property_multiple``; the same rows either way."""
+        app = self.app
+        if bacnet_fast.usable():
+            vendor = await app.get_vendor_info(device_address=link.peer)
+            answer = await link.call(lambda: self._fast.request(app, link.peer, vendor, spec))
+            try:
+                return self._fast.rows(answer, vendor)
+            except bacnet_fast.Unusable:
+                pass  # bacpypes3 reads this batch again, and decides what it means
+        flat: list[Any] = []
+        for oid, props in spec:
+            flat += [ObjectIdentifier(oid), props]
+        answer = await link.call(lambda: app.read_property_multiple(link.peer, flat))
+        return [(str(oid), str(prop), index, value) for oid, prop, index, value in answer or ()]
 
     async def _read_rp(self, link: Link, batch: list[BacnetPoint], results: dict[str, Reading]) -> None:
         outcomes = await asyncio.gather(*(self._read_one(link, p) for p in batch), return_exceptions=True)
@@ -395,6 +417,11 @@ class BacnetAdapter:
 
 
 _MISSING = object()
+
+
+def _values(rows: list[Row]) -> dict[tuple[str, str], Any]:
+    """(object id, property) -> value of whole properties (array elements are not asked for here)."""
+    return {(oid, prop): value for oid, prop, index, value in rows if index is None}
 
 
 def _encode(bp: BacnetPoint, value: Value) -> Any:

@@ -11,7 +11,8 @@ plain Python goes out:
 * Enumerations become their kebab-case names, bit strings the list of bits that are set
   (``plain``), for the raw tools.
 
-Quality comes from status-flags, reliability and out-of-service (``quality_of``).
+Quality comes from status-flags (out-of-service is its bit 3, fault its bit 1) and, for objects
+whose fault bit is set, reliability (``quality_of``).
 """
 
 from __future__ import annotations
@@ -58,13 +59,15 @@ __all__ = [
 
 # What EAIO's own application accepts in one APDU (the BACnet/IP maximum).
 OWN_MAX_APDU = 1476
-# Asked of every object next to the point's property; optional ones may come back as errors.
-STATUS_PROPERTIES = ("status-flags", "reliability", "out-of-service")
+# Asked of every object next to the point's property. status-flags carries out-of-service (bit 3)
+# and fault (bit 1); reliability, the fault's name, is asked in a second request of faulted objects only.
+STATUS_PROPERTIES = ("status-flags",)
 
-# Upper bounds of the encoded sizes (bytes) of a ReadPropertyMultiple of the point's property
-# plus STATUS_PROPERTIES. Request: object id (5) + open/close (2) + 4 property ids (2 each).
-# Answer: object id (5) + open/close (2) + per property id (2) + open/close (2) + value: a Real
-# (5), status-flags (3), reliability (2), out-of-service (2), or an error (6) for a missing one.
+# Upper bounds of the encoded sizes (bytes) of a ReadPropertyMultiple per object. Request: object
+# id (5) + open/close (2) + property ids (2 each). Answer: object id (5) + open/close (2) + per
+# property id (2) + open/close (2) + value: a Real (5), status-flags (3), or an error (6). They
+# were sized for four properties; with the point's and status-flags asked they leave room for a
+# second point on the object, a Double or a short string, and the batches stay as they were.
 _REQUEST_HEADER, _REQUEST_PER_OBJECT = 8, 16
 _ANSWER_HEADER, _ANSWER_PER_OBJECT = 8, 48
 _NO_FAULT = "no-fault-detected"

@@ -312,7 +312,7 @@ class SimThread:
             self._ready.set()
             await self._stop.wait()
 
-    def _call(self, fn: Callable[[Simulation], T]) -> T:
+    def call(self, fn: Callable[[Simulation], T]) -> T:
         """Run ``fn(sim)`` on the sim's loop, so it never races the physics or the faces."""
         if self._sim is None or self._loop is None:
             raise RuntimeError("SimThread is not running (use it as a context manager)")
@@ -338,42 +338,42 @@ class SimThread:
 
     @property
     def ports(self) -> dict[str, int]:
-        return self._call(lambda s: s.ports)
+        return self.call(lambda s: s.ports)
 
     @property
     def control_url(self) -> str | None:
-        return self._call(lambda s: s.control_url)
+        return self.call(lambda s: s.control_url)
 
     @property
     def sim_time(self) -> datetime:
-        return self._call(lambda s: s.sim_time)
+        return self.call(lambda s: s.sim_time)
 
     def value(self, point_id: str) -> Value:
-        return self._call(lambda s: s.value(point_id))
+        return self.call(lambda s: s.value(point_id))
 
     def true_value(self, point_id: str) -> Value:
-        return self._call(lambda s: s.true_value(point_id))
+        return self.call(lambda s: s.true_value(point_id))
 
     def set_value(self, point_id: str, value: Value) -> None:
-        self._call(lambda s: s.set_value(point_id, value))
+        self.call(lambda s: s.set_value(point_id, value))
 
     def inject(self, spec: SimFaultSpec) -> None:
-        self._call(lambda s: s.inject(spec))
+        self.call(lambda s: s.inject(spec))
 
     def clear_faults(self, target: str | None = None) -> int:
-        return self._call(lambda s: s.clear_faults(target))
+        return self.call(lambda s: s.clear_faults(target))
 
     def request_count(self, device_id: str) -> int:
-        return self._call(lambda s: s.request_count(device_id))
+        return self.call(lambda s: s.request_count(device_id))
 
     def reset_counts(self) -> None:
-        self._call(lambda s: s.reset_counts())
+        self.call(lambda s: s.reset_counts())
 
     def advance(self, dt: float) -> None:
-        self._call(lambda s: s.advance(dt))
+        self.call(lambda s: s.advance(dt))
 
     def state(self) -> dict[str, Any]:
-        return self._call(lambda s: s.state())
+        return self.call(lambda s: s.state())
 
 
 # -- the CLI's entry points -------------------------------------------------------------------
