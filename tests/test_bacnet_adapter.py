@@ -12,6 +12,7 @@ from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from conftest import free_port
@@ -257,6 +258,24 @@ async def test_cov_pushes_changes_and_resubscribes_after_an_outage(building: Bui
         await eventually(lambda: len(a.pushed(pts)) == len(ZONE4), 10)  # subscribed anew by the probe
         sim.set_value("zone4.temp", 26.5)
         await eventually(lambda: seen("zone4.temp", 26.5), 5)
+
+
+async def test_cov_subscriptions_are_renewed_before_they_lapse(building: Building) -> None:
+    sim, cfg = building()
+    device(cfg).connection.cov_lifetime_s = 3  # the device forgets a subscription 3 s after it was made
+    got: list[tuple[str, Any]] = []
+
+    async def collect(batch: ReadingBatch) -> None:
+        got.extend(zip(batch.point_id, batch.value, strict=True))
+
+    temp = [p for p in points(cfg) if p.id == "zone4.temp"]
+    async with adapter(cfg) as a:
+        await a.subscribe(temp, collect)
+        assert a.pushed(temp) == temp
+        await anyio.sleep(4.5)  # outlive the first lifetime: only a renewal keeps notifications coming
+        sim.set_value("zone4.temp", 27.25)
+        await eventually(lambda: ("zone4.temp", 27.25) in got, 3)
+        assert a.pushed(temp) == temp
 
 
 async def test_who_is_list_objects_and_raw_reads(building: Building) -> None:

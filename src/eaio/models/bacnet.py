@@ -96,7 +96,7 @@ class BacnetConnection(_Strict):
     rpm: bool = Field(default=True, description="Use ReadPropertyMultiple (a refusal falls back to ReadProperty)")
     rpm_batch: int = Field(default=25, ge=1, le=500, description="Objects per ReadPropertyMultiple request")
     cov: bool = Field(default=False, description="Subscribe to changes of value for this device's points")
-    cov_lifetime_s: int = Field(default=300, ge=10, le=86_400,
+    cov_lifetime_s: int = Field(default=300, ge=2, le=86_400,
                                 description="Subscription lifetime; renewed before it ends")
     breaker_failures: int = Field(default=3, ge=1, description="Failed requests that mark the device offline")
     breaker_reset_s: float = Field(default=5.0, gt=0, description="Seconds before an offline device is tried again")
