@@ -50,11 +50,12 @@ def site_file(tmp_path: Path) -> Callable[..., Path]:
     By default only the building's Modbus part: most tests are about one protocol, and an MQTT
     device would need a broker. ``mqtt=True`` keeps the MQTT device too (on a free port where the
     test starts its broker, e.g. the demo's own); ``bacnet=True`` keeps the BACnet device (on a
-    free UDP port, served by the sim's BACnet face). Keyword arguments are merged into the top level
+    free UDP port, served by the sim's BACnet face), ``opcua=True`` the OPC-UA device (the sim's
+    OPC-UA server on a free TCP port). Keyword arguments are merged into the top level
     (e.g. ``sim={"speed": 600}``), and ``devices=`` replaces the device list.
     """
 
-    def make(*, mqtt: bool = False, bacnet: bool = False, **changes: Any) -> Path:
+    def make(*, mqtt: bool = False, bacnet: bool = False, opcua: bool = False, **changes: Any) -> Path:
         raw = yaml.safe_load(EXAMPLE.read_text())
         if not mqtt:
             raw["devices"] = [d for d in raw["devices"] if d.get("protocol") != "mqtt"]
@@ -63,6 +64,10 @@ def site_file(tmp_path: Path) -> Callable[..., Path]:
         if not bacnet:
             raw["devices"] = [d for d in raw["devices"] if d.get("protocol") != "bacnet"]
             raw["servers"].pop("bacnet", None)
+        if not opcua:
+            raw["devices"] = [d for d in raw["devices"] if d.get("protocol") != "opcua"]
+            raw["servers"].pop("opcua", None)
+            raw["sim"].get("opcua", {}).pop("history", None)
         bacnet_devices = [d for d in raw["devices"] if d.get("protocol") == "bacnet"]
         udp = free_ports(len(raw["bacnet"]["ports"]) + len(bacnet_devices), socket.SOCK_DGRAM)
         raw["bacnet"]["ports"] = dict(zip(raw["bacnet"]["ports"], udp, strict=False))
@@ -70,6 +75,9 @@ def site_file(tmp_path: Path) -> Callable[..., Path]:
             dev["connection"]["address"] = f"127.0.0.1:{port}"  # the sim's BACnet face
         for dev in raw["devices"]:
             if dev.get("protocol") == "bacnet":
+                continue
+            if dev.get("protocol") == "opcua":  # the sim's OPC-UA server, on a free TCP port
+                dev["connection"]["endpoint"] = f"opc.tcp://127.0.0.1:{free_port()}/eaio/plant"
                 continue
             # Modbus devices get free ports for the sim to serve; MQTT devices one for a broker.
             dev.setdefault("connection", {})["port"] = free_port()

@@ -19,10 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_shipped_site_files_load(name: str) -> None:
     cfg = load_config(ROOT / "config" / name)
     assert {d.id for d in cfg.devices} == {"ahu1-ctrl", "zones-ctrl", "plant-ctrl", "main-meter", "iot-gw",
-                                           "zone4-vav"}
+                                           "zone4-vav", "plant-plc"}
     assert len(cfg.devices_for("modbus")) == 4
     assert len(cfg.devices_for("bacnet")) == 1
-    assert len(cfg.points()) == 71
+    assert len(cfg.devices_for("opcua")) == 1
+    assert len(cfg.points()) == 78
     assert cfg.sim.mqtt is not None
     assert cfg.sim.mqtt.device == "iot-gw"
     assert all(p.device_id for p in cfg.points())
@@ -121,7 +122,7 @@ def test_check_config_command(tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "eaio", "check-config", str(ROOT / "config/site.example.yaml")],
                         capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
-    assert "71 points" in ok.stdout
+    assert "78 points" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"devices": [_device(address={"register": 70000})]}))
     res = subprocess.run([sys.executable, "-m", "eaio", "check-config", str(bad)],

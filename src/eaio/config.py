@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
-from .models import BacnetDevice, BacnetLocal, ModbusDevice, MqttDevice, Point
+from .models import BacnetDevice, BacnetLocal, ModbusDevice, MqttDevice, OpcuaDevice, Point
 from .models.mqtt import _TEMPLATE
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "SimBacnet",
     "SimFaultSpec",
     "SimMqtt",
+    "SimOpcua",
     "SimSettings",
     "SiteConfig",
     "SiteInfo",
@@ -39,8 +40,8 @@ __all__ = [
 
 
 # A device is one of the protocols' device models, chosen by its `protocol` field.
-_DEVICE_MODELS = (ModbusDevice, MqttDevice, BacnetDevice)
-AnyDevice = Annotated[ModbusDevice | MqttDevice | BacnetDevice, Field(discriminator="protocol")]
+_DEVICE_MODELS = (ModbusDevice, MqttDevice, BacnetDevice, OpcuaDevice)
+AnyDevice = Annotated[ModbusDevice | MqttDevice | BacnetDevice | OpcuaDevice, Field(discriminator="protocol")]
 
 
 class _Strict(BaseModel):
@@ -140,6 +141,18 @@ class SimBacnet(_Strict):
     segmentation: bool = Field(default=True, description="Whether the devices segment long answers")
 
 
+class SimOpcua(_Strict):
+    """The virtual building's OPC-UA servers (all of them)."""
+
+    certificate: str | None = Field(default=None, description="Server certificate (PEM/DER): with it and the key, "
+                                    "the servers also offer Basic256Sha256 Sign and SignAndEncrypt")
+    private_key: str | None = None
+    history: list[str] = Field(default_factory=list, description="Point ids whose values the servers keep history of")
+    history_size: int = Field(default=10_000, ge=10, le=1_000_000, description="Values kept per historized node")
+    username: str | None = Field(default=None, description="When set (with password), logins are required")
+    password: str | None = None
+
+
 class SimSettings(_Strict):
     speed: float = Field(default=1.0, gt=0, le=10000)
     start: datetime | None = Field(default=None, description="Sim clock at start (local site time)")
@@ -157,6 +170,7 @@ class SimSettings(_Strict):
     )
     mqtt: SimMqtt | None = Field(default=None, description="MQTT face (off when absent)")
     bacnet: SimBacnet = Field(default_factory=SimBacnet, description="The BACnet faces' wire behaviour")
+    opcua: SimOpcua = Field(default_factory=SimOpcua, description="The OPC-UA faces' security and history")
 
 
 class SiteConfig(BaseSettings):
@@ -225,7 +239,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("modbus", "mqtt", "bacnet") and out.endswith("]"):
+        elif part in ("modbus", "mqtt", "bacnet", "opcua") and out.endswith("]"):
             continue  # the discriminator tag adds nothing a reader needs
         else:
             out += ("." if out else "") + str(part)
@@ -270,11 +284,17 @@ def check(cfg: SiteConfig) -> list[tuple[str, str]]:
             problems += _check_modbus(dev, di)
         elif isinstance(dev, MqttDevice):
             problems += _check_mqtt(dev, di)
+        elif isinstance(dev, OpcuaDevice):
+            problems += _check_opcua(dev, di)
         else:
             problems += _check_bacnet(dev, di)
     problems += _check_bacnet_addresses(cfg)
     if cfg.sim.mqtt is not None and cfg.sim.mqtt.device not in {d.id for d in cfg.devices_for("mqtt")}:
         problems.append(("sim.mqtt.device", f"'{cfg.sim.mqtt.device}' is not an MQTT device of this site"))
+    opcua_points = {p.id for d in cfg.devices_for("opcua") for p in d.points}
+    for i, point_id in enumerate(cfg.sim.opcua.history):
+        if point_id not in opcua_points:
+            problems.append((f"sim.opcua.history[{i}]", f"'{point_id}' is not a point of an OPC-UA device"))
     bacnet_ids = {d.id for d in cfg.devices_for("bacnet")}
     for i, dev_id in enumerate(cfg.sim.bacnet.no_rpm):
         if dev_id not in bacnet_ids:
@@ -334,6 +354,17 @@ def _check_bacnet(dev: BacnetDevice, di: int) -> list[tuple[str, str]]:
             problems.append((f"devices[{di}].points[{pi}].writable",
                              f"{a.type} {a.property} has no priority array: only the present-value of an "
                              "output or value object (AO, AV, BO, BV, MSO, MSV) is writable"))
+    return problems
+
+
+def _check_opcua(dev: OpcuaDevice, di: int) -> list[tuple[str, str]]:
+    problems = []
+    seen: dict[str, int] = {}
+    for pi, pt in enumerate(dev.points):
+        if pt.address.node_id in seen:
+            problems.append((f"devices[{di}].points[{pi}].address.node_id",
+                             f"'{pt.address.node_id}' is also points[{seen[pt.address.node_id]}]"))
+        seen.setdefault(pt.address.node_id, pi)
     return problems
 
 

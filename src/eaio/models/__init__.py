@@ -12,6 +12,7 @@ from .mqtt import (
     MqttSubscription,
     MqttTls,
 )
+from .opcua import OpcuaAddress, OpcuaConnection, OpcuaDevice, OpcuaPoint, OpcuaSecurity
 from .point import (
     Device,
     Limits,
@@ -48,6 +49,11 @@ __all__ = [
     "MqttPoint",
     "MqttSubscription",
     "MqttTls",
+    "OpcuaAddress",
+    "OpcuaConnection",
+    "OpcuaDevice",
+    "OpcuaPoint",
+    "OpcuaSecurity",
     "Point",
     "PointKind",
     "Quality",

@@ -40,6 +40,11 @@ CO2_PER_PERSON = 20.0 / 3600 / 1000  # m3/s exhaled (~20 L/h, office work)
 MOISTURE_PER_PERSON = 70.0 / 3600  # g/s of water vapour (~70 g/h)
 INFILTRATION_ACH = 0.5  # air changes per hour leaking in through the envelope
 P_ATM = 1013.25  # hPa
+CP_WATER = 4.19  # kJ/(kg K); a litre of water is a kilogram
+CHW_DESIGN_FLOW_LS = 8.0  # l/s at full pump speed
+CHW_DP_DESIGN_KPA = 100.0  # the pressure full speed holds
+CHW_DP_TAU_S = 20.0
+CHW_PUMP_KW = 2.2
 # Real IoT sensors disagree a little with the BMS: a fixed offset per zone (degC).
 IOT_OFFSET: dict[str, float] = {"zone1": 0.4, "zone2": -0.3, "zone3": 0.2, "zone4": -0.2}
 SUBMETERS = ("lighting", "plugs", "hvac")
@@ -81,6 +86,8 @@ INPUTS: dict[str, float | bool] = {
     "ahu1.fan_cmd": True,
     "chiller.chwst_sp": 7.0,
     "chiller.enable": True,
+    "chw.dp_sp": 60.0,  # kPa across the furthest coil: the plant PLC's pump control setpoint
+    "chw.pump_cmd": True,
     **{f"{z.name}.{k}": v for z in ZONES for k, v in
        (("cool_sp", 23.0), ("heat_sp", 20.0), ("occ_start", 7.0), ("occ_end", 19.0))},
 }
@@ -89,6 +96,8 @@ _OUTPUTS = (
     "ahu1.sat", "ahu1.mat", "ahu1.rat", "ahu1.oat", "ahu1.fan_speed", "ahu1.oa_damper",
     "ahu1.duct_static", "ahu1.fan_status", "chiller.power", "chiller.cop", "chiller.chwst",
     "meter.power", "meter.energy",
+    # The chilled-water loop the plant PLC runs (the sim's OPC-UA face).
+    "chw.dp", "chw.pump_speed", "chw.flow", "chw.rt", "chw.pump_power",
     *(f"{z.name}.{k}" for z in ZONES for k in ("temp", "occ_mode", "occ", "damper", "reheat")),
     # What the IoT sensors and the electric sub-meters see (the sim's MQTT face).
     *(f"{z.name}.{k}" for z in ZONES for k in ("iot_temp", "rh", "co2", "iot_occ")),
@@ -169,6 +178,7 @@ class Building:
             s.setdefault(f"{z.name}.temp", z.initial_temp)
         s.setdefault("ahu1.sat", float(s["ahu1.sat_sp"]))
         s.setdefault("chiller.chwst", float(s["chiller.chwst_sp"]))
+        s.setdefault("chw.dp", float(s["chw.dp_sp"]))
         for z in ZONES:
             s.setdefault(f"{z.name}.co2", 550.0)
             self._moisture.setdefault(z.name, 0.5 * saturation_moisture(z.initial_temp))
@@ -290,7 +300,23 @@ class Building:
         cop = chiller_cop(oat, chwst_sp)
         s.update({"ahu1.rat": rat, "ahu1.mat": mat, "ahu1.oa_damper": oa if fan_on else 0.0,
                   "chiller.cop": cop, "chiller.power": max(0.0, load) / cop})
+        self._chw_loop(dt, max(0.0, load))
         self._meter(dt)
+
+    def _chw_loop(self, dt: float, load_kw: float) -> None:
+        """The pump holds the loop's differential pressure at its setpoint: speed follows the
+        square root of the setpoint, flow the speed, and the water returns warmer by the coil
+        load. Its power is metered on its own panel, so the main meter does not see it."""
+        s = self.state
+        on = bool(s["chw.pump_cmd"])
+        sp = float(s["chw.dp_sp"])
+        speed = _clamp(100.0 * math.sqrt(max(sp, 0.0) / CHW_DP_DESIGN_KPA), 20.0, 100.0) if on else 0.0
+        s["chw.dp"] = _lag(float(s["chw.dp"]), sp if on else 0.0, dt, CHW_DP_TAU_S)
+        flow = CHW_DESIGN_FLOW_LS * speed / 100.0
+        chwst = float(s["chiller.chwst"])
+        rise = load_kw / (CP_WATER * flow) if flow > 0 else 0.0
+        s.update({"chw.pump_speed": speed, "chw.flow": flow, "chw.rt": chwst + rise,
+                  "chw.pump_power": CHW_PUMP_KW * (speed / 100.0) ** 3})
 
     def _meter(self, dt: float) -> None:
         s = self.state
