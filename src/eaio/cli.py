@@ -75,7 +75,7 @@ def sim_fault(
 
 @app.command()
 def serve(
-    protocol: Annotated[str, typer.Argument(help="modbus, mqtt or bacnet")],
+    protocol: Annotated[str, typer.Argument(help="modbus, mqtt, bacnet or opcua")],
     config: ConfigOpt = DEFAULT_CONFIG,
     transport: Annotated[str | None, typer.Option(help="stdio or http")] = None,
     host: Annotated[str | None, typer.Option(help="HTTP bind address (default 127.0.0.1)")] = None,
@@ -85,8 +85,8 @@ def serve(
     from .servers import run_server
 
     cfg = _load(config)
-    if protocol not in ("modbus", "mqtt", "bacnet"):
-        err.print(f"[red]unknown protocol[/red] '{protocol}': expected modbus, mqtt or bacnet")
+    if protocol not in ("modbus", "mqtt", "bacnet", "opcua"):
+        err.print(f"[red]unknown protocol[/red] '{protocol}': expected modbus, mqtt, bacnet or opcua")
         raise typer.Exit(2)
     if transport not in (None, "stdio", "http"):
         err.print(f"[red]--transport[/red] must be stdio or http, not '{transport}'")

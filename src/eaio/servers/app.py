@@ -23,7 +23,7 @@ __all__ = ["PROTOCOLS", "build_server", "run_server"]
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("modbus", "mqtt", "bacnet")
+PROTOCOLS = ("modbus", "mqtt", "bacnet", "opcua")
 
 
 def _service_and_tools(protocol: str, cfg: SiteConfig, adapter: Adapter | None) -> tuple[CoreService, Callable]:
@@ -39,6 +39,10 @@ def _service_and_tools(protocol: str, cfg: SiteConfig, adapter: Adapter | None) 
         from .bacnet import build_bacnet_service, register_bacnet_tools
 
         return build_bacnet_service(cfg, adapter), register_bacnet_tools
+    if protocol == "opcua":
+        from .opcua import build_opcua_service, register_opcua_tools
+
+        return build_opcua_service(cfg, adapter), register_opcua_tools
     raise ValueError(f"no MCP server for protocol '{protocol}' (expected one of {', '.join(PROTOCOLS)})")
 
 

@@ -15,12 +15,19 @@ __all__ = [
     "BacnetObjectInfo",
     "BrokerInfo",
     "BrokerList",
+    "BrowseResult",
     "DeviceInfo",
     "DeviceList",
     "HealthReport",
+    "HistoryResult",
+    "HistoryValue",
     "MessageInfo",
     "MessagePage",
+    "NodeInfo",
+    "NodeValue",
+    "NodeValues",
     "ObjectList",
+    "OpcuaServerStatus",
     "PendingRestore",
     "PointInfo",
     "PointList",
@@ -32,6 +39,7 @@ __all__ = [
     "ReadPointsResult",
     "RegisterValues",
     "RelinquishResult",
+    "ServerStatusList",
     "SubscribeResult",
     "WhoIsResult",
 ]
@@ -282,3 +290,67 @@ class RelinquishResult(BaseModel):
     readback_value: Value | None = None
     audit_id: str
     message: str = ""
+
+
+class NodeInfo(BaseModel):
+    node_id: str
+    browse_name: str
+    display_name: str | None = None
+    node_class: str
+    data_type: str | None = None
+    depth: int
+    parent: str | None = None
+
+
+class BrowseResult(BaseModel):
+    device_id: str
+    root: str
+    nodes: list[NodeInfo]
+    count: int
+    truncated: bool = Field(description="More nodes exist than the limit let through")
+
+
+class NodeValue(BaseModel):
+    node_id: str
+    value: Any = None
+    data_type: str | None = None
+    status: str = Field(description="The OPC-UA StatusCode name, e.g. Good, BadNodeIdUnknown")
+    source_timestamp: datetime | None = None
+    server_timestamp: datetime | None = None
+
+
+class NodeValues(BaseModel):
+    device_id: str
+    values: list[NodeValue]
+
+
+class HistoryValue(BaseModel):
+    ts: datetime
+    value: Any = None
+    status: str
+
+
+class HistoryResult(BaseModel):
+    device_id: str
+    node_id: str
+    point_id: str | None = None
+    values: list[HistoryValue]
+    count: int
+
+
+class OpcuaServerStatus(BaseModel):
+    device_id: str
+    endpoint: str
+    connected: bool
+    state: str | None = None
+    start_time: datetime | None = None
+    current_time: datetime | None = None
+    product: str | None = None
+    software_version: str | None = None
+    security_policy: str | None = None
+    security_mode: str | None = None
+    last_error: str | None = None
+
+
+class ServerStatusList(BaseModel):
+    servers: list[OpcuaServerStatus]

@@ -49,6 +49,10 @@ class ToolName(StrEnum):
     READ_PROPERTY = "read_property"  # BACnet
     READ_PRIORITY_ARRAY = "read_priority_array"  # BACnet
     RELINQUISH = "relinquish"  # BACnet
+    BROWSE = "browse"  # OPC-UA
+    READ_NODES = "read_nodes"  # OPC-UA
+    READ_HISTORY = "read_history"  # OPC-UA
+    SERVER_STATUS = "server_status"  # OPC-UA
 
 
 # The tools every protocol server has, with the same names and shapes.
