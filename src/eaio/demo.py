@@ -115,6 +115,7 @@ def _udp_taken(host: str, port: int) -> bool:
 def _busy_ports(cfg: SiteConfig) -> list[str]:
     wanted = [(d.id, d.connection.host, d.connection.port) for d in cfg.devices_for("modbus")]
     wanted += [(f"{d.id} broker", d.connection.host, d.connection.port) for d in cfg.devices_for("mqtt")]
+    wanted += [(f"{d.id} (OPC-UA)", d.connection.host, d.connection.port) for d in cfg.devices_for("opcua")]
     wanted += [(f"{p} MCP server", "127.0.0.1", cfg.server_settings(p).port) for p in cfg.protocols()]
     busy = [f"{name} ({host}:{port})" for name, host, port in wanted if _port_open(host, port)]
     udp = [(f"{d.id} (BACnet)", d.connection.host, d.connection.port) for d in cfg.devices_for("bacnet")]
@@ -277,6 +278,8 @@ def _where(cfg: SiteConfig) -> None:
     for d in cfg.devices_for("bacnet"):
         c = d.connection
         out.print(f"  device  {d.id:<11} bacnet/ip udp {c.host}:{c.port} device {c.device_instance}")
+    for d in cfg.devices_for("opcua"):
+        out.print(f"  device  {d.id:<11} opc-ua {d.connection.endpoint}")
     if cfg.sim.control_port:
         out.print(f"  sim control      http://127.0.0.1:{cfg.sim.control_port}/state")
     for p in cfg.protocols():
