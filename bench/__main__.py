@@ -13,14 +13,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from . import bacnet, demo_memory, mcp_read, mqtt, scan
+from . import bacnet, demo_memory, mcp_read, mqtt, opcua, scan
 
 OUT = Path(__file__).resolve().parent / "results"
 
 
 def main(argv: list[str]) -> int:
-    """``python -m bench [scan] [mcp] [memory] [mqtt] [bacnet]`` — all of them when none is named."""
-    wanted = set(argv) or {"scan", "mcp", "memory", "mqtt", "bacnet"}
+    """``python -m bench [scan] [mcp] [memory] [mqtt] [bacnet] [opcua]`` — all of them when none is named."""
+    wanted = set(argv) or {"scan", "mcp", "memory", "mqtt", "bacnet", "opcua"}
     console = Console()
     results: dict[str, object] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -40,6 +40,9 @@ def main(argv: list[str]) -> int:
     if "bacnet" in wanted:
         with console.status("BACnet: 200 points, RPM batches vs one ReadProperty each..."):
             results["bacnet_rpm"] = bacnet.run()
+    if "opcua" in wanted:
+        with console.status("OPC-UA: 1,000 nodes, batched vs one read each and asyncua read_values..."):
+            results["opcua_read"] = opcua.run()
     if "memory" in wanted:
         with console.status(f"demo for {demo_memory.DURATION_S:.0f} s, sampling memory..."):
             results["demo_memory"] = demo_memory.run()
@@ -82,6 +85,12 @@ def _table(results: dict[str, Any]) -> Table:
         t.add_row(f"BACnet 200 points: RPM, batch {b['rpm_batch']}, PV+flags (vs ReadProperty of PV each)",
                   f"{b['eaio_ms']:.1f} ms, {b['eaio_requests']} req", f"{b['raw_ms']:.1f} ms, {b['raw_requests']} req "
                   "(raw bacpypes3)", f"{b['speedup']:.1f}x faster", ">= 10x")
+    if o := results.get("opcua_read"):
+        t.add_row("OPC-UA 1,000 nodes: EAIO batched read vs one read per node", f"{o['eaio_s'] * 1e3:.1f} ms",
+                  f"{o['per_node_s'] * 1e3:.0f} ms (raw asyncua)", f"{o['speedup_vs_per_node']:.1f}x faster", ">= 20x")
+        t.add_row("OPC-UA 1,000 nodes: EAIO vs asyncua read_values", f"{o['eaio_s'] * 1e3:.1f} ms",
+                  f"{o['read_values_s'] * 1e3:.1f} ms (raw asyncua)", f"{o['share_of_read_values']:.0%} of raw",
+                  ">= 50 %")
     for role, mb in sorted(results.get("demo_memory", {}).get("peak_rss_mb", {}).items()):
         target = {"modbus-server": "<= 100 MB", "mqtt-server": "<= 100 MB", "ingest": "<= 150 MB"}.get(role, "")
         t.add_row(f"demo peak RSS: {role}", f"{mb:.0f} MB", "", "", target)

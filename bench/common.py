@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "site.example.yaml"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -63,9 +63,17 @@ def write_site(tmp: Path, **changes: Any) -> Path:
     raw = yaml.safe_load(EXAMPLE.read_text())
     if "devices" in changes:
         raw["sim"].pop("mqtt", None)
-        raw["servers"].pop("mqtt", None)
+        raw["sim"].get("opcua", {}).pop("history", None)
+        kept = {d.get("protocol") for d in changes["devices"]}
+        raw["servers"] = {k: v for k, v in raw["servers"].items() if k in kept}
     for dev in raw["devices"]:
-        dev["connection"]["port"] = free_port()
+        if dev["protocol"] == "bacnet":
+            dev["connection"]["address"] = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+        elif dev["protocol"] == "opcua":
+            dev["connection"]["endpoint"] = f"opc.tcp://127.0.0.1:{free_port()}/eaio/plant"
+        else:
+            dev["connection"]["port"] = free_port()
+    raw["bacnet"]["ports"] = {role: free_port(socket.SOCK_DGRAM) for role in raw["bacnet"]["ports"]}
     raw["data_dir"] = str(tmp / "data")
     raw["sim"]["control_port"] = None
     for server in raw["servers"].values():
@@ -90,7 +98,11 @@ def sim_process(site: Path) -> Iterator[dict[str, Any]]:
     )
     try:
         for dev in raw["devices"]:
-            wait_port(dev["connection"]["port"], proc)
+            conn = dev["connection"]
+            if dev["protocol"] == "opcua":
+                wait_port(int(conn["endpoint"].split(":")[2].split("/")[0]), proc)
+            elif dev["protocol"] != "bacnet":  # UDP: nothing to connect to; its users retry
+                wait_port(conn["port"], proc)
         yield raw
     finally:
         proc.terminate()
