@@ -11,7 +11,8 @@ def build_adapter(protocol: str, devices: list, **kw: Any) -> Adapter:  # type: 
     """The adapter for ``protocol`` over ``devices`` (not yet connected).
 
     ``kw`` goes to the adapter's constructor (MQTT: ``role=``, ``buffer_size=``; BACnet:
-    ``local=`` the site's ``BacnetLocal`` and ``role=``, which pick its local UDP port).
+    ``local=`` the site's ``BacnetLocal`` and ``role=``, which pick its local UDP port; OPC-UA:
+    ``role=``, which names its sessions).
     """
     if protocol == "modbus":
         from .modbus import ModbusAdapter
@@ -25,4 +26,8 @@ def build_adapter(protocol: str, devices: list, **kw: Any) -> Adapter:  # type: 
         from .bacnet import BacnetAdapter
 
         return BacnetAdapter(devices, **kw)
+    if protocol == "opcua":
+        from .opcua import OpcuaAdapter
+
+        return OpcuaAdapter(devices, **kw)
     raise ValueError(f"no adapter for protocol '{protocol}'")

@@ -17,8 +17,6 @@ whose fault bit is set, reliability (``quality_of``).
 
 from __future__ import annotations
 
-import math
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +41,7 @@ from bacpypes3.primitivedata import (
 )
 
 from ..models import BacnetPoint, Quality, Value
+from .values import f32
 
 __all__ = [
     "OWN_MAX_APDU",
@@ -71,24 +70,6 @@ STATUS_PROPERTIES = ("status-flags",)
 _REQUEST_HEADER, _REQUEST_PER_OBJECT = 8, 16
 _ANSWER_HEADER, _ANSWER_PER_OBJECT = 8, 48
 _NO_FAULT = "no-fault-detected"
-
-
-def f32(x: float) -> float:
-    """The shortest decimal that is the same float32 as ``x`` (``x`` itself if none is shorter)."""
-    if not math.isfinite(x):
-        return float(x)
-    try:
-        target = struct.pack("<f", x)
-    except OverflowError:  # not a float32 at all: nothing to clean up
-        return float(x)
-    for digits in range(1, 10):  # 9 significant digits always round-trip a float32
-        y = float(f"{x:.{digits}g}")
-        try:
-            if struct.pack("<f", y) == target:
-                return y
-        except OverflowError:
-            continue
-    return float(x)
 
 
 def objects_per_request(batch: int, max_apdu: int | None, segmented: bool | None) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import struct
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,6 +27,7 @@ from bacpypes3.local.multistate import MultiStateInputObject, MultiStateOutputOb
 
 from ...models import BacnetDevice, BacnetPoint
 from ...protocol_adapters.bacnet_units import to_bacnet
+from ...protocol_adapters.values import f32, same_f32
 
 __all__ = ["DeviceObjects", "SimObject", "cov_increment", "nice_real"]
 
@@ -38,25 +38,9 @@ WriteHook = Callable[[str, Value], None]
 _DEFAULT_STATES = 16  # multi-state objects without limits.high
 
 
-def _f32(x: float) -> float:
-    try:
-        return float(struct.unpack("f", struct.pack("f", x))[0])
-    except OverflowError:  # beyond float32: a Real cannot hold it anyway
-        return x
-
-
 def nice_real(x: float) -> float:
-    """The shortest decimal that is the same float32 as ``x``: a client's 24.3 arrives as
-    24.299999237060547, and the sim should hold what the client meant."""
-    x = float(x)
-    if not math.isfinite(x):
-        return x
-    target = _f32(x)
-    for digits in range(1, 10):  # 9 significant digits always round-trip a float32
-        y = float(f"{x:.{digits}g}")
-        if _f32(y) == target:
-            return y
-    return x
+    """A client's 24.3 arrives as 24.299999237060547: the sim holds what the client meant."""
+    return f32(x)
 
 
 # -- conversions between the sim's values and the objects' -------------------------------------
@@ -79,7 +63,7 @@ def from_wire(kind: str, pv: Any) -> Value:
 
 def same_on_wire(kind: str, a: Any, b: Any) -> bool:
     if kind == "analog":
-        return _f32(float(a)) == _f32(float(b))
+        return same_f32(a, b)
     if isinstance(a, str) or isinstance(b, str):  # "active"/"inactive" before bacpypes3 casts it
         return str(a) == str(b)
     return int(a) == int(b)
