@@ -1,6 +1,6 @@
-"""Run the virtual building: physics on a sim clock, faults, one Modbus or BACnet/IP face per
-device, and an MQTT face (IoT sensors, sub-meters, setpoint commands) when ``sim.mqtt`` names a
-device.
+"""Run the virtual building: physics on a sim clock, faults, one Modbus, BACnet/IP or OPC-UA face
+per device, and an MQTT face (IoT sensors, sub-meters, setpoint commands) when ``sim.mqtt`` names
+a device.
 
 ``Simulation`` is the async context manager (use it inside an event loop you own);
 ``SimThread`` runs one in a daemon thread with its own loop, for sync tests and tools.
@@ -28,6 +28,7 @@ from ..errors import EaioError
 from .faces.bacnet import BacnetFace
 from .faces.modbus import ModbusFace
 from .faces.mqtt import MqttFace
+from .faces.opcua import OpcuaFace
 from .faults import FaultBook
 from .physics import MODELLED, Building
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 Value = float | int | bool
 T = TypeVar("T")
 # A device's face: what the runner needs of any of them (ports, counts, offline and back).
-Face = ModbusFace | BacnetFace
+Face = ModbusFace | BacnetFace | OpcuaFace
 
 
 def _site_tz(cfg: SiteConfig) -> tzinfo:
@@ -48,7 +49,7 @@ def _site_tz(cfg: SiteConfig) -> tzinfo:
 
 
 class Simulation:
-    """The virtual building of ``cfg``: every Modbus and BACnet device served on its address."""
+    """The virtual building of ``cfg``: every Modbus, BACnet and OPC-UA device served on its address."""
 
     def __init__(self, cfg: SiteConfig, *, speed: float | None = None, faults: Iterable[SimFaultSpec] = ()) -> None:
         self.cfg = cfg
@@ -73,6 +74,9 @@ class Simulation:
         }
         for d in cfg.devices_for("bacnet"):
             self.faces[d.id] = BacnetFace(d, self._client_write, cfg.sim.bacnet)
+        for d in cfg.devices_for("opcua"):
+            # Certificate paths are used as given (relative to the working directory), as EAIO's own are.
+            self.faces[d.id] = OpcuaFace(d, self._client_write, cfg.sim.opcua)
         self.mqtt_face = self._mqtt_face(cfg)
         self.served: dict[str, Value] = {}
         self.step = 0
@@ -198,6 +202,8 @@ class Simulation:
             self._control = None
         for face in self.faces.values():
             face.stop()
+        # An OPC-UA server also has sessions, subscriptions and a clock to end, which takes awaits.
+        await asyncio.gather(*(f.aclose() for f in self.faces.values() if isinstance(f, OpcuaFace)))
         if self.mqtt_face is not None:
             self.mqtt_face.stop()
         await asyncio.sleep(0)  # let the closed transports run their connection_lost
@@ -229,7 +235,7 @@ class Simulation:
         self.served = served
         unreliable = self.faults.unreliable_points(self.elapsed)
         for face in self.faces.values():
-            if isinstance(face, BacnetFace):
+            if isinstance(face, BacnetFace | OpcuaFace):
                 face.refresh(served, unreliable)
             else:
                 face.refresh(served)  # a register cannot say "unreliable": Modbus serves the value as is
@@ -418,6 +424,8 @@ async def run_sim(
             for dev in cfg.devices_for("bacnet"):
                 c = dev.connection
                 print(f"{dev.id}  bacnet/ip udp {c.host}:{c.port} device {c.device_instance}", flush=True)
+            for dev in cfg.devices_for("opcua"):
+                print(f"{dev.id}  opc-ua {dev.connection.endpoint}", flush=True)
             if sim.mqtt_face is not None:
                 face = sim.mqtt_face
                 c = face.device.connection

@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from .bacnet import BacnetFace
 from .modbus import ModbusFace
+from .opcua import OpcuaFace
 
-__all__ = ["BacnetFace", "ModbusFace"]
+__all__ = ["BacnetFace", "ModbusFace", "OpcuaFace"]
