@@ -26,7 +26,7 @@ def _eaio_children(pid: int) -> list[psutil.Process]:
 
 
 def test_a_twenty_second_demo_stores_readings_and_advises(site_file: Callable[..., Path]) -> None:
-    path = site_file(mqtt=True, bacnet=True)
+    path = site_file(mqtt=True, bacnet=True, opcua=True)
     cfg = load_config(path)
     res = subprocess.run(
         [sys.executable, "-m", "eaio", "demo", "--config", str(path), "--duration", "20"],
@@ -52,7 +52,7 @@ def test_a_twenty_second_demo_stores_readings_and_advises(site_file: Callable[..
 
 
 def test_ctrl_c_stops_every_child(site_file: Callable[..., Path]) -> None:
-    path = site_file(mqtt=True, bacnet=True)
+    path = site_file(mqtt=True, bacnet=True, opcua=True)
     cfg = load_config(path)
     demo = subprocess.Popen(
         [sys.executable, "-m", "eaio", "demo", "--config", str(path)],
