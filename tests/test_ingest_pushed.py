@@ -1,0 +1,98 @@
+"""Ingest of devices that push changes (BACnet COV, OPC-UA data-change subscriptions): pushed
+while subscribed, polled when not — through an outage and back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eaio.config import SimFaultSpec, SiteConfig, load_config
+from eaio.models import Quality, utcnow
+from eaio.pipeline import SqliteStore
+from eaio.pipeline.ingest import Ingest
+from eaio.sim.runner import SimThread
+from helpers import until
+
+pytestmark = pytest.mark.anyio
+
+
+# protocol -> (device id, a writable point to change, a value inside its bounds)
+CASES = {"bacnet": ("zone4-vav", "zone4.cool_sp", 24.5), "opcua": ("plant-plc", "chw.dp_sp", 75.0)}
+
+
+@pytest.fixture(params=sorted(CASES))
+def pushing_site(request: pytest.FixtureRequest, site_file: Callable[..., Path]) -> SiteConfig:
+    """Only the protocol's device, polled every 0.3 s when not subscribed, failing fast."""
+    protocol = request.param
+    cfg = load_config(site_file(**{protocol: True}))
+    cfg.devices = [d for d in cfg.devices if d.protocol == protocol]
+    (dev,) = cfg.devices
+    dev.poll_interval_s = 0.3
+    conn: Any = dev.connection
+    conn.timeout_s = 0.3 if protocol == "bacnet" else 1.0
+    conn.breaker_reset_s = 0.3
+    if protocol == "bacnet":
+        conn.retries = 0
+    else:
+        conn.reconnect_min_s, conn.reconnect_max_s = 0.2, 0.5
+    cfg.ingest.flush_interval_s = 0.05
+    return cfg
+
+
+@pytest.fixture
+def building(pushing_site: SiteConfig) -> Iterator[SimThread]:
+    with SimThread(pushing_site) as sim:
+        yield sim
+
+
+async def test_changes_arrive_pushed_and_polling_covers_an_outage(pushing_site: SiteConfig,
+                                                                  building: SimThread) -> None:
+    cfg = pushing_site
+    protocol = cfg.devices[0].protocol
+    device_id, changed, value = CASES[protocol]
+    ids = [p.id for p in cfg.points()]
+    probe = ids[0]
+    async with SqliteStore.from_config(cfg) as store, Ingest(cfg, store=store) as ingest:
+        # Every point lands in the store; with subscriptions on, they come pushed.
+        await until(lambda: _all_stored(store, ids), "every point in the store")
+        adapter: Any = ingest._adapters[protocol]
+        await until(lambda: _async(len(adapter.pushed(cfg.points())) == len(ids)), "all points subscribed")
+        pushed_before = ingest.stats().devices[device_id].pushed
+        building.set_value(changed, value)  # a change of value, no poll needed
+        await until(lambda: _latest_is(store, changed, value), "the pushed change")
+        assert ingest.stats().devices[device_id].pushed > pushed_before
+
+        # The device goes away: subscriptions lapse, polling takes over and records the failure.
+        since = utcnow()
+        building.inject(SimFaultSpec(kind="offline", target=device_id))
+        await until(lambda: _failing(store, probe, since), f"comm_failure readings of {probe}", 20)
+        building.clear_faults(device_id)
+        back = utcnow()
+        await until(lambda: _good_since(store, probe, back), f"good {probe} readings again", 20)
+        await until(lambda: _async(len(adapter.pushed(cfg.points())) == len(ids)), "subscribed again", 20)
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def _all_stored(store: SqliteStore, ids: list[str]) -> bool:
+    return {r.point_id for r in await store.latest(ids)} == set(ids)
+
+
+async def _latest_is(store: SqliteStore, point_id: str, value: float) -> bool:
+    latest = await store.latest([point_id])
+    return bool(latest) and latest[0].value == pytest.approx(value)
+
+
+async def _failing(store: SqliteStore, point_id: str, since: Any) -> bool:
+    rows = await store.history(point_id, since, utcnow())
+    return any(r.quality == Quality.BAD and "comm_failure" in r.reasons for r in rows)
+
+
+async def _good_since(store: SqliteStore, point_id: str, since: Any) -> bool:
+    rows = await store.history(point_id, since, utcnow())
+    return any(r.quality == Quality.GOOD for r in rows)
