@@ -3,6 +3,7 @@ while subscribed, polled when not — through an outage and back."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,25 @@ async def _failing(store: SqliteStore, point_id: str, since: Any) -> bool:
 async def _good_since(store: SqliteStore, point_id: str, since: Any) -> bool:
     rows = await store.history(point_id, since, utcnow())
     return any(r.quality == Quality.GOOD for r in rows)
+
+
+async def test_an_opcua_servers_range_and_unit_fill_what_the_site_file_leaves_out(
+        site_file: Callable[..., Path]) -> None:
+    served = load_config(site_file(opcua=True))  # the sim publishes EURange and units from this one
+    raw = served.model_dump(mode="json", exclude={"source"})
+    raw["devices"] = [d for d in raw["devices"] if d["protocol"] == "opcua"]
+    for p in raw["devices"][0]["points"]:
+        p.pop("device_id", None)
+        if p["id"] == "chw.dp_sp":
+            p["limits"], p["unit"] = None, ""  # ingest's copy of the site knows neither
+    assert served.source is not None
+    bare_path = served.source.with_name("bare.yaml")
+    bare_path.write_text(json.dumps(raw))
+    bare = load_config(bare_path)
+    with SimThread(served) as sim:
+        async with SqliteStore.from_config(bare) as store, Ingest(bare, store=store) as ingest:
+            assert ingest._validator.rule("chw.dp_sp") is not None
+            sim.set_value("chw.dp_sp", 250.0)  # beyond the server's EURange high of 200
+            await until(lambda: _latest_is(store, "chw.dp_sp", 250.0), "the out-of-range value stored")
+            (latest,) = await store.latest(["chw.dp_sp"])
+            assert (latest.quality, latest.reasons, latest.unit) == (Quality.BAD, ["range_high"], "kPa")

@@ -154,6 +154,11 @@ class Ingest:
         except BaseException:
             await self._stack.aclose()
             raise
+        try:
+            await self._server_metadata()
+        except BaseException:
+            await self._stack.aclose()
+            raise
         self._wake = asyncio.Event()
         self._stats.started_at = utcnow()
         self._writer = asyncio.create_task(self._write_loop(), name="ingest-writer")
@@ -187,6 +192,31 @@ class Ingest:
                 self._writer = None
         if self._pending_n:
             log.warning("ingest stopped with %d readings not stored", self._pending_n)
+
+    async def _server_metadata(self) -> None:
+        """Limits and units the site file leaves out, from servers that publish them (an OPC-UA
+        node's EURange and EngineeringUnits): a range check and a unit are worth having either way.
+        A server that cannot say (or is down now) costs nothing: the point goes on without."""
+        for proto, adapter in self._adapters.items():
+            limits = getattr(adapter, "limits", None)
+            if limits is None:
+                continue
+            for p in (p for d in self.cfg.devices_for(proto) for p in d.points):
+                if p.limits is not None and p.unit:
+                    continue
+                try:
+                    async with asyncio.timeout(MIN_READ_GUARD_S):
+                        info = await limits(p)
+                except Exception as err:
+                    log.debug("no server limits for %s: %s", p.id, err)
+                    continue
+                eu_range = info.get("eu_range")
+                if p.limits is None and eu_range:
+                    self._validator.set_limits(p.id, float(eu_range[0]), float(eu_range[1]))
+                    log.info("%s: limits %s..%s from the server's EURange", p.id, eu_range[0], eu_range[1])
+                if not p.unit and info.get("unit"):
+                    # The adapter builds readings from these same point objects.
+                    p.unit = str(info["unit"])
 
     @property
     def readings_stored(self) -> int:

@@ -93,6 +93,13 @@ class QualityValidator:
     def rule(self, point_id: str) -> PointRule | None:
         return self._rules.get(point_id)
 
+    def set_limits(self, point_id: str, low: float | None, high: float | None) -> None:
+        """Give a point the range check its configuration lacks (e.g. a server's EURange)."""
+        old = self._rules.get(point_id, PointRule())
+        rule = PointRule(low, high, old.stale_after)
+        self._rules[point_id] = rule
+        self._flat[point_id] = (low, high, rule.stale_after // timedelta(microseconds=1) if rule.stale_after else None)
+
     def validate(self, readings: list[Reading], now: datetime, state: StaleState | None = None) -> list[Reading]:
         """Mark quality on ``readings`` in place and return the same list.
 
