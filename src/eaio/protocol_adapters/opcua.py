@@ -20,6 +20,7 @@ from asyncua import ua
 
 from ..errors import DeviceError
 from ..models import OpcuaDevice, OpcuaPoint, Point, Quality, Reading, Reason, Value, trusted, utcnow
+from . import opcua_fast as fast
 from . import opcua_raw as raw
 from .base import ReadingCallback
 from .opcua_link import CommFailure, Invalid, Link, Refused, quiet_asyncua
@@ -160,11 +161,9 @@ class OpcuaAdapter:
 
     async def _read_batch(self, link: Link, batch: list[tuple[OpcuaPoint, ua.NodeId]],
                           results: dict[str, Reading]) -> None:
-        params = ua.ReadParameters(MaxAge=0, TimestampsToReturn=ua.TimestampsToReturn.Both,
-                                   NodesToRead=[ua.ReadValueId(NodeId=n, AttributeId=ua.AttributeIds.Value)
-                                                for _, n in batch])
+        params = fast.value_params([n for _, n in batch])
         try:
-            values = await link.call(lambda c: c.uaclient.read(params))
+            values = await link.call(lambda c: fast.read(c.uaclient, params))
         except (Refused, Invalid) as err:
             name = err.name if isinstance(err, Refused) else "BadEncodingError"
             for p, _ in batch:  # the whole request was refused (too many nodes, say)

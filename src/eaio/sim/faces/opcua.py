@@ -28,6 +28,7 @@ from asyncua.common.callback import CallbackType, ServerItemCallback
 from ...config import SimOpcua
 from ...errors import ConnectionFailed
 from ...models import OpcuaDevice
+from . import opcua_fast
 from .opcua_security import secure, user_manager
 from .opcua_space import ServedNode, build_space, resolve_node_ids
 
@@ -65,6 +66,7 @@ class OpcuaFace:
         self._closing: asyncio.Task[None] | None = None
         self._push_task: asyncio.Task[None] | None = None
         self._dirty = False
+        self._encoder: opcua_fast.Encoder | None = None  # the fast Read path's, when it serves
 
     @property
     def host(self) -> str:
@@ -106,6 +108,10 @@ class OpcuaFace:
                         status = _UNCERTAIN if node.point.id in self._unreliable else _GOOD
                         dv = ua.DataValue(node.variant(value), status, SourceTimestamp=now, ServerTimestamp=now)
                         await server.write_attribute_value(node.node_id, dv)
+                        if self._encoder is not None:  # once a step here, not once per read there
+                            self._encoder.warm(dv)
+                if self._encoder is not None:
+                    self._encoder.forget(len(self._nodes))
         except Exception:  # a step is lost, not the face: the next one writes every value again
             log.exception("sim %s: could not update the OPC-UA nodes", self.device.id)
         finally:
@@ -127,6 +133,13 @@ class OpcuaFace:
         try:
             if first:
                 await self._server.start()
+                bserver = self._server.bserver
+                self._encoder = None if bserver is None else opcua_fast.install(self._server, len(self._nodes))
+                if bserver is not None and self._encoder is not None:
+                    # asyncua has no hook before its first listener accepts: listen again, so
+                    # every connection gets the fast Read path (none can exist yet).
+                    await bserver.stop()
+                    await bserver.start()
             else:
                 assert self._server.bserver is not None
                 await self._server.bserver.start()
