@@ -1,7 +1,7 @@
-"""Change-of-value subscriptions: one task per subscribed point, one task handing batches out.
+"""Change-of-value subscriptions: one task per subscribed point; ``PushedBatches`` hands rows out.
 
 Each point's task subscribes (unconfirmed notifications, lifetime ``cov_lifetime_s``), turns each
-notification (present-value and status-flags) into a row of the pending ``ReadingBatch``, and
+notification (present-value and status-flags) into a row handed out by ``PushedBatches``, and
 renews the subscription itself before the lifetime ends: bacpypes3's context manager renews on a
 timer of its own, but a renewal that fails there is never heard of, and it bypasses the link's
 limit of outstanding requests. So the context manager's timer is cancelled after each
@@ -26,10 +26,11 @@ from bacpypes3.app import Application
 from bacpypes3.basetypes import PropertyIdentifier
 from bacpypes3.primitivedata import ObjectIdentifier
 
-from ..models import BacnetPoint, Quality, ReadingBatch, to_us, utcnow
+from ..models import BacnetPoint, Quality, to_us, utcnow
 from .bacnet_link import CommFailure, Invalid, Link, Refused
 from .bacnet_read import Status, point_value, quality_of
 from .base import ReadingCallback
+from .pushed import PushedBatches
 
 __all__ = ["CovHub", "wants_cov"]
 
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 _UNSUBSCRIBE_S = 1.0  # longest a closing adapter waits to cancel its subscriptions politely
 # After the first row wakes the dispatcher it waits this long for more: a change on a controller
 # often moves several objects at once, and (re)subscribing makes every object report at once.
-_LINGER_S = 0.01
 
 
 def wants_cov(point: BacnetPoint, link: Link) -> bool:
@@ -52,21 +52,16 @@ class CovHub:
     def __init__(self, app: Callable[[], Application], links: dict[str, Link]) -> None:
         self._app = app
         self._links = links
-        self._subscribers: list[tuple[frozenset[str], ReadingCallback]] = []
+        self._out = PushedBatches("bacnet cov")
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._first: dict[str, asyncio.Future[None]] = {}
-        self._pending = ReadingBatch()
-        self._wake = asyncio.Event()
-        self._dispatcher: asyncio.Task[None] | None = None
         self._watchdogs: dict[str, asyncio.Task[None]] = {}
         self._closing = False
 
     # -- the adapter's side -------------------------------------------------------------------
     async def subscribe(self, points: Sequence[BacnetPoint], callback: ReadingCallback) -> None:
         """Start subscriptions for ``points`` that want COV; return once each has been tried."""
-        self._subscribers.append((frozenset(p.id for p in points), callback))
-        if self._dispatcher is None:
-            self._dispatcher = asyncio.create_task(self._dispatch(), name="bacnet cov dispatch")
+        self._out.add((p.id for p in points), callback)
         loop = asyncio.get_running_loop()
         firsts: list[asyncio.Future[None]] = []
         for p in points:
@@ -93,12 +88,8 @@ class CovHub:
             t.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=_UNSUBSCRIBE_S + 1)
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+        await self._out.close()
         self._tasks.clear()
-        self._subscribers.clear()
 
     async def _watch(self, link: Link) -> None:
         """Unconfirmed notifications are never acknowledged, so a device that died looks just like
@@ -220,11 +211,7 @@ class CovHub:
         quality, reasons = quality_of(status)
         if value is None:
             quality, reasons = Quality.BAD, [*reasons, "protocol_status:unsupported_value"]
-        b = self._pending
-        b.append(point.id, value, to_us(utcnow()), point.unit, point.device_id, quality)
-        if reasons:
-            b.reasons[len(b) - 1] = reasons
-        self._wake.set()
+        self._out.row(point, value, to_us(utcnow()), quality, reasons)
 
     async def _leave(self, link: Link, scm: Any) -> None:
         if self._closing and link.online:
@@ -246,25 +233,6 @@ class CovHub:
         first = self._first.get(point.id)
         if first is not None and not first.done():
             first.set_result(None)
-
-    # -- handing batches out ------------------------------------------------------------------
-    async def _dispatch(self) -> None:
-        while True:
-            await self._wake.wait()
-            await asyncio.sleep(_LINGER_S)
-            self._wake.clear()
-            batch, self._pending = self._pending, ReadingBatch()
-            if not len(batch):
-                continue
-            for ids, callback in list(self._subscribers):
-                rows = [i for i, pid in enumerate(batch.point_id) if pid in ids]
-                if not rows:
-                    continue
-                try:
-                    # Each subscriber owns what it is given and may mark it.
-                    await callback(batch.select(rows))
-                except Exception:
-                    log.exception("bacnet: a COV subscriber failed on a batch of %d", len(rows))
 
 
 def _no_auto_renewal(scm: Any) -> None:

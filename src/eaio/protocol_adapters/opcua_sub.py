@@ -5,8 +5,8 @@ makes them again on every new session (``Link.on_open``): a subscription dies wi
 Each monitored item samples at the point's ``sampling_interval_ms`` (default: the publishing
 interval) with an absolute deadband filter when the point has one. Notifications arrive through
 asyncua's publish loop as raw PublishResults (the low-level callback, not asyncua's Subscription
-class: no task per notification); each becomes a row of the pending ``ReadingBatch``, handed out
-shortly after by one dispatcher, as the BACnet COV hub does.
+class: no task per notification); each becomes a row that ``PushedBatches`` hands out
+shortly after, as it does for the BACnet COV hub.
 
 A subscription is live while publish responses (data or keep-alives, at most
 ``keepalive_s`` apart) keep coming; the watchdog declares the session lost when they stop for
@@ -28,17 +28,17 @@ from functools import partial
 
 from asyncua import ua
 
-from ..models import OpcuaPoint, ReadingBatch, to_us, utcnow
+from ..models import OpcuaPoint, to_us, utcnow
 from .base import ReadingCallback
 from .opcua_link import CommFailure, Invalid, Link, Refused
 from .opcua_read import NodeIdError, decode, split, status_name
+from .pushed import PushedBatches
 
 __all__ = ["SubHub", "wants_subscription"]
 
 log = logging.getLogger(__name__)
 # After the first row wakes the dispatcher it waits this long for more: one publish response
 # often carries several items, and a new subscription reports every item at once.
-_LINGER_S = 0.01
 _WATCH_S = 0.5
 _MAX_QUEUE = 100  # samples a server keeps per item between two publishes
 _FILTER_REFUSED = frozenset({"BadFilterNotAllowed", "BadMonitoredItemFilterUnsupported",
@@ -71,17 +71,14 @@ class SubHub:
         self._wanted: dict[str, dict[str, OpcuaPoint]] = {d: {} for d in links}
         self._subs: dict[str, _Sub] = {}
         self._locks = {d: asyncio.Lock() for d in links}
-        self._subscribers: list[tuple[frozenset[str], ReadingCallback]] = []
-        self._pending = ReadingBatch()
-        self._wake = asyncio.Event()
+        self._out = PushedBatches("opcua")
         self._tasks: list[asyncio.Task[None]] = []
         for link in links.values():
             link.on_open = self.opened
             link.on_close = self.closed
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._dispatch(), name="opcua dispatch"),
-                       asyncio.create_task(self._watch(), name="opcua keep-alive watch")]
+        self._tasks = [asyncio.create_task(self._watch(), name="opcua keep-alive watch")]
 
     async def close(self) -> None:
         for t in self._tasks:
@@ -90,8 +87,8 @@ class SubHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
+        await self._out.close()
         self._subs.clear()
-        self._subscribers.clear()
         for wanted in self._wanted.values():
             wanted.clear()
 
@@ -99,7 +96,7 @@ class SubHub:
     async def subscribe(self, points: Sequence[OpcuaPoint], callback: ReadingCallback) -> None:
         """Monitor the points that want it; return once each has been tried (now, or at the
         next session of a device that has none)."""
-        self._subscribers.append((frozenset(p.id for p in points), callback))
+        self._out.add((p.id for p in points), callback)
         new: dict[str, list[OpcuaPoint]] = {}
         for p in points:
             link = self._links[p.device_id]
@@ -213,11 +210,7 @@ class SubHub:
 
     def _row(self, point: OpcuaPoint, dv: ua.DataValue, now: datetime) -> None:
         s = decode(dv, point, now)
-        b = self._pending
-        b.append(point.id, s.value, to_us(s.ts), point.unit, point.device_id, s.quality)
-        if s.reasons:
-            b.reasons[len(b) - 1] = s.reasons
-        self._wake.set()
+        self._out.row(point, s.value, to_us(s.ts), s.quality, s.reasons)
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
@@ -231,24 +224,6 @@ class SubHub:
                 if silent > 2 * sub.keepalive_s + link.device.connection.timeout_s:
                     sub.active.clear()
                     link.lose(f"no publish response or keep-alive for {silent:.1f}s")
-
-    async def _dispatch(self) -> None:
-        while True:
-            await self._wake.wait()
-            await asyncio.sleep(_LINGER_S)
-            self._wake.clear()
-            batch, self._pending = self._pending, ReadingBatch()
-            if not len(batch):
-                continue
-            for ids, callback in list(self._subscribers):
-                rows = [i for i, pid in enumerate(batch.point_id) if pid in ids]
-                if not rows:
-                    continue
-                try:
-                    # Each subscriber owns what it is given and may mark it.
-                    await callback(batch.select(rows))
-                except Exception:
-                    log.exception("opcua: a subscriber failed on a batch of %d", len(rows))
 
 
 def _item_request(nid: ua.NodeId, handle: int, p: OpcuaPoint, link: Link,
