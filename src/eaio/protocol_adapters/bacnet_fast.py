@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from bacpypes3 import apdu as _apdu
@@ -35,6 +35,8 @@ from bacpypes3.basetypes import ErrorType, PropertyIdentifier, PropertyReference
 from bacpypes3.constructeddata import Array, SequenceOf
 from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import ObjectIdentifier, Real, TagClass, TagList, Unsigned
+
+from .bacnet_tags import LazyTagList
 
 __all__ = ["FastRpm", "Row", "Unusable", "encode_request", "install", "uninstall", "usable"]
 
@@ -126,47 +128,13 @@ def _parse_results(tags: list[Any]) -> tuple[_Parsed, int] | None:
 _StockResults = SequenceOf(ReadAccessResult)
 
 
-class FastReadAccessResults(_StockResults):  # type: ignore[misc, valid-type]
+class FastReadAccessResults(LazyTagList, _StockResults):  # type: ignore[misc, valid-type]
     """listOfReadAccessResults that keeps the parsed tuples in ``fast``; its list content (the
     stock objects) is decoded from the kept tags on first use."""
 
+    _stock = _StockResults
+    _parse = staticmethod(_parse_results)
     fast: _Parsed | None = None
-    _tags: list[Any] | None = None
-
-    @classmethod
-    def decode(cls, tag_list: TagList) -> Any:
-        try:
-            parsed = _parse_results(tag_list.tagList)
-        except Exception:  # an odd layout is the stock decoder's to judge
-            parsed = None
-        if parsed is None:
-            return cls(_StockResults.decode(tag_list))
-        results, used = parsed
-        self = cls()
-        self.fast, self._tags = results, tag_list.tagList[:used]
-        del tag_list.tagList[:used]
-        return self
-
-    def _materialise(self) -> None:
-        if self._tags is not None:
-            tags, self._tags = self._tags, None
-            list.extend(self, _StockResults.decode(TagList(list(tags))))
-
-    def __iter__(self) -> Iterator[Any]:
-        self._materialise()
-        return list.__iter__(self)
-
-    def __len__(self) -> int:
-        self._materialise()
-        return list.__len__(self)
-
-    def __getitem__(self, i: Any) -> Any:
-        self._materialise()
-        return list.__getitem__(self, i)
-
-    def __bool__(self) -> bool:
-        self._materialise()
-        return list.__len__(self) > 0
 
 
 class ReadPropertyMultipleACK(_StockAck):  # type: ignore[misc]

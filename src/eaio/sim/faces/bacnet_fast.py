@@ -26,7 +26,6 @@ from __future__ import annotations
 import inspect
 import logging
 import struct
-from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -48,6 +47,8 @@ from bacpypes3.errors import ExecutionError, ObjectError, PropertyError
 from bacpypes3.local.object import Object as _LocalObject
 from bacpypes3.primitivedata import BitString, Boolean, Enumerated, ObjectIdentifier, Real, TagClass, TagList, Unsigned
 from bacpypes3.service.object import read_property_to_result_element
+
+from ...protocol_adapters.bacnet_tags import LazyTagList
 
 __all__ = ["FastRpmApplication", "encode_value", "install_request_decoder", "ready", "uninstall_request_decoder"]
 
@@ -216,47 +217,13 @@ def _parse_specs(tags: list[Any]) -> tuple[list[Spec], int] | None:
     return specs, i
 
 
-class FastReadAccessSpecs(_StockSpecs):  # type: ignore[misc, valid-type]
+class FastReadAccessSpecs(LazyTagList, _StockSpecs):  # type: ignore[misc, valid-type]
     """listOfReadAccessSpecs that keeps the parsed tuples in ``fast``; its list content (the
     stock objects) is decoded from the kept tags on first use."""
 
+    _stock = _StockSpecs
+    _parse = staticmethod(_parse_specs)
     fast: list[Spec] | None = None
-    _tags: list[Any] | None = None
-
-    @classmethod
-    def decode(cls, tag_list: TagList) -> Any:
-        try:
-            parsed = _parse_specs(tag_list.tagList)
-        except Exception:  # an odd layout is the stock decoder's to judge
-            parsed = None
-        if parsed is None:
-            return cls(_StockSpecs.decode(tag_list))
-        specs, used = parsed
-        self = cls()
-        self.fast, self._tags = specs, tag_list.tagList[:used]
-        del tag_list.tagList[:used]
-        return self
-
-    def _materialise(self) -> None:
-        if self._tags is not None:
-            tags, self._tags = self._tags, None
-            list.extend(self, _StockSpecs.decode(TagList(list(tags))))
-
-    def __iter__(self) -> Iterator[Any]:
-        self._materialise()
-        return list.__iter__(self)
-
-    def __len__(self) -> int:
-        self._materialise()
-        return list.__len__(self)
-
-    def __getitem__(self, i: Any) -> Any:
-        self._materialise()
-        return list.__getitem__(self, i)
-
-    def __bool__(self) -> bool:
-        self._materialise()
-        return list.__len__(self) > 0
 
 
 class ReadPropertyMultipleRequest(_StockRequest):  # type: ignore[misc]
