@@ -43,7 +43,7 @@ from .bacnet_read import (
     quality_of,
     split,
 )
-from .base import ReadingCallback
+from .base import ConfiguredPoints, ReadingCallback
 
 __all__ = ["BacnetAdapter"]
 
@@ -52,18 +52,19 @@ _BIND_TIMEOUT_S = 5.0
 _VENDOR_ID = 999  # no ASHRAE vendor id of its own; 999 is the customary stand-in
 
 
-class BacnetAdapter:
+class BacnetAdapter(ConfiguredPoints[BacnetDevice, BacnetPoint]):
     """Reads, writes and subscribes to the points of BACnet/IP devices. Never connects in the constructor."""
 
     protocol = "bacnet"
+    _label = "BACnet"
+    _point_type = BacnetPoint
 
     def __init__(self, devices: Sequence[BacnetDevice], *, local: BacnetLocal | None = None,
                  role: str = "tool") -> None:
-        self._devices = list(devices)
+        super().__init__(devices)
         self._local = local or BacnetLocal()
         self._role = role
         self._links = {d.id: Link(d) for d in self._devices}
-        self._points: dict[str, BacnetPoint] = {p.id: p for d in self._devices for p in d.points}
         self._app: Application | None = None
         self._cov: CovHub | None = None
         self._fast = FastRpm()
@@ -109,15 +110,6 @@ class BacnetAdapter:
         return self._app
 
     # -- what it serves -----------------------------------------------------------------------
-    def devices(self) -> list[BacnetDevice]:
-        return list(self._devices)
-
-    def point(self, point_id: str) -> BacnetPoint | None:
-        return self._points.get(point_id)
-
-    def points(self) -> list[BacnetPoint]:
-        return list(self._points.values())
-
     def health(self) -> list[dict[str, object]]:
         """Per device: device_id, address, online (None until its first request), last_error,
         requests, failures, rpm, cov_subscriptions, breaker, max_apdu, segmentation, last_ok."""
@@ -399,21 +391,6 @@ class BacnetAdapter:
             raise DeviceError(f"no BACnet device '{device_id}'", code="invalid_argument", device=device_id)
         return link
 
-    def _known(self, point: Point) -> BacnetPoint:
-        bp = self._resolve(point)
-        if bp is None:
-            raise DeviceError(f"no BACnet point '{point.id}'", code="unknown_point", point=point.id)
-        return bp
-
-    def _resolve(self, point: Point) -> BacnetPoint | None:
-        """The configured point for ``point``; an unconfigured BacnetPoint of a known device is
-        taken as given (tools may address objects that are not in the site file)."""
-        configured = self._points.get(point.id)
-        if configured is not None:
-            return configured
-        if isinstance(point, BacnetPoint) and point.device_id in self._links:
-            return point
-        return None
 
 
 _MISSING = object()

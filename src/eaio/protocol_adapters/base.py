@@ -8,11 +8,12 @@ never leave an adapter: everything it returns is a ``Reading``, ``Point`` or ``W
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, Self, runtime_checkable
+from typing import ClassVar, Generic, Protocol, Self, TypeVar, runtime_checkable
 
+from ..errors import DeviceError
 from ..models import Device, Point, Reading, ReadingBatch, Value
 
-__all__ = ["Adapter", "DeviceHealth", "ReadingCallback"]
+__all__ = ["Adapter", "ConfiguredPoints", "DeviceHealth", "ReadingCallback"]
 
 # Pushed readings arrive in columnar batches (see models.batch): a stream can be fast.
 ReadingCallback = Callable[[ReadingBatch], Awaitable[None]]
@@ -60,3 +61,45 @@ class Adapter(Protocol):
     def health(self) -> list[dict[str, object]]:
         """Per-device connection state: device_id, online, last_error, requests, failures."""
         ...
+
+
+DeviceT = TypeVar("DeviceT", bound=Device)
+PointT = TypeVar("PointT", bound=Point)
+
+
+class ConfiguredPoints(Generic[DeviceT, PointT]):
+    """The devices and points an adapter serves, as the site file declares them, and the lookups
+    every adapter makes on them. Set ``_label`` (for messages) and ``_point_type``."""
+
+    _label: ClassVar[str]
+    _point_type: ClassVar[type[Point]]
+
+    def __init__(self, devices: Sequence[DeviceT]) -> None:
+        self._devices: list[DeviceT] = list(devices)
+        self._points: dict[str, PointT] = {p.id: p for d in self._devices for p in d.points}  # type: ignore[attr-defined]
+
+    def devices(self) -> list[DeviceT]:
+        return list(self._devices)
+
+    def point(self, point_id: str) -> PointT | None:
+        return self._points.get(point_id)
+
+    def points(self) -> list[PointT]:
+        return list(self._points.values())
+
+    def _resolve(self, point: Point) -> PointT | None:
+        """The configured point for ``point``; an unconfigured point of this protocol on a known
+        device is taken as given (tools may address points that are not in the site file)."""
+        configured = self._points.get(point.id)
+        if configured is not None:
+            return configured
+        if isinstance(point, self._point_type) and any(d.id == point.device_id for d in self._devices):
+            return point  # type: ignore[return-value]
+        return None
+
+    def _known(self, point: Point) -> PointT:
+        """``_resolve``, or DeviceError ``unknown_point``."""
+        found = self._resolve(point)
+        if found is None:
+            raise DeviceError(f"no {self._label} point '{point.id}'", code="unknown_point", point=point.id)
+        return found

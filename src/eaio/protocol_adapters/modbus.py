@@ -24,7 +24,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from ..errors import DeviceError
 from ..models import ModbusDevice, ModbusPoint, Point, Quality, Reading, Reason, Value, utcnow
 from . import modbus_codec as codec
-from .base import ReadingCallback
+from .base import ConfiguredPoints, ReadingCallback
 from .breaker import CircuitBreaker
 from .modbus_plan import BIT_TABLES, ReadPlan, plan_reads, unit_of
 
@@ -194,15 +194,16 @@ class _Link:
         }
 
 
-class ModbusAdapter:
+class ModbusAdapter(ConfiguredPoints[ModbusDevice, ModbusPoint]):
     """Reads and writes the points of Modbus TCP devices. Never connects in the constructor."""
 
     protocol = "modbus"
+    _label = "Modbus"
+    _point_type = ModbusPoint
 
     def __init__(self, devices: Sequence[ModbusDevice]) -> None:
-        self._devices = list(devices)
+        super().__init__(devices)
         self._links = {d.id: _Link(d) for d in self._devices}
-        self._points: dict[str, ModbusPoint] = {p.id: p for d in self._devices for p in d.points}
 
     async def __aenter__(self) -> Self:
         return self  # connections open lazily, on each device's first request
@@ -210,15 +211,6 @@ class ModbusAdapter:
     async def __aexit__(self, *exc: object) -> None:
         for link in self._links.values():
             link.close()
-
-    def devices(self) -> list[ModbusDevice]:
-        return list(self._devices)
-
-    def point(self, point_id: str) -> ModbusPoint | None:
-        return self._points.get(point_id)
-
-    def points(self) -> list[ModbusPoint]:
-        return list(self._points.values())
 
     def health(self) -> list[dict[str, object]]:
         """Per device: device_id, address, online (None until its first request), last_error,
@@ -383,15 +375,6 @@ class ModbusAdapter:
                 device=dev, point=point_id,
             ) from err
 
-    def _resolve(self, point: Point) -> ModbusPoint | None:
-        """The configured point for ``point``; an unconfigured ModbusPoint of a known device is
-        taken as given (tools may address points that are not in the site file)."""
-        configured = self._points.get(point.id)
-        if configured is not None:
-            return configured
-        if isinstance(point, ModbusPoint) and point.device_id in self._links:
-            return point
-        return None
 
 
 def _describe(plan: ReadPlan) -> str:

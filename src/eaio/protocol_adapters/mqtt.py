@@ -43,7 +43,7 @@ from ..models import (
     from_us,
 )
 from ..models.mqtt import check_filter
-from .base import ReadingCallback
+from .base import ConfiguredPoints, ReadingCallback
 from .mqtt_payload import PayloadDecoder
 
 __all__ = ["DeadLetterCallback", "MqttAdapter"]
@@ -438,15 +438,16 @@ def _encode_command(point: MqttPoint, value: Value) -> bytes:
     return (("true" if value else "false") if isinstance(value, bool) else repr(value)).encode()
 
 
-class MqttAdapter:
+class MqttAdapter(ConfiguredPoints[MqttDevice, MqttPoint]):
     """Readings, commands and raw messages of MQTT devices. Never connects in the constructor."""
 
     protocol = "mqtt"
+    _label = "MQTT"
+    _point_type = MqttPoint
 
     def __init__(self, devices: Sequence[MqttDevice], *, role: str = "eaio", buffer_size: int = 10_000) -> None:
-        self._devices = list(devices)
+        super().__init__(devices)
         self._links = {d.id: _Link(self, d, role) for d in self._devices}
-        self._points: dict[str, MqttPoint] = {p.id: p for d in self._devices for p in d.points}
         # The ingest role never answers read() or read_messages(): at tens of thousands of
         # messages a second, keeping the last values and raw messages would cost a third of the
         # decoding work for nobody.
@@ -580,15 +581,6 @@ class MqttAdapter:
             log.exception("mqtt: a subscriber callback failed; its batch of %d readings is dropped", len(mine))
 
     # -- the adapter interface -------------------------------------------------------------
-
-    def devices(self) -> list[MqttDevice]:
-        return list(self._devices)
-
-    def point(self, point_id: str) -> MqttPoint | None:
-        return self._points.get(point_id)
-
-    def points(self) -> list[MqttPoint]:
-        return list(self._points.values())
 
     async def read(self, points: Sequence[Point]) -> list[Reading]:
         """The last value received per point (ts = its sample time). Never raises."""

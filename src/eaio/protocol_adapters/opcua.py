@@ -22,7 +22,7 @@ from ..errors import DeviceError
 from ..models import OpcuaDevice, OpcuaPoint, Point, Quality, Reading, Reason, Value, trusted, utcnow
 from . import opcua_fast as fast
 from . import opcua_raw as raw
-from .base import ReadingCallback
+from .base import ConfiguredPoints, ReadingCallback
 from .opcua_link import CommFailure, Invalid, Link, Refused, quiet_asyncua
 from .opcua_read import NodeIdError, builtin_type, coerce, decode, split, status_name, type_name
 from .opcua_sub import SubHub
@@ -40,17 +40,18 @@ _DETAIL_CODE = {"BadNodeIdUnknown": "invalid_argument", "BadNodeIdInvalid": "inv
                 "BadNoCommunication": "device_offline", "BadCommunicationError": "device_offline"}
 
 
-class OpcuaAdapter:
+class OpcuaAdapter(ConfiguredPoints[OpcuaDevice, OpcuaPoint]):
     """Reads, writes and subscribes to the variable nodes of OPC-UA servers. Never connects in
     the constructor."""
 
     protocol = "opcua"
+    _label = "OPC-UA"
+    _point_type = OpcuaPoint
 
     def __init__(self, devices: Sequence[OpcuaDevice], *, role: str = "tool") -> None:
-        self._devices = list(devices)
+        super().__init__(devices)
         self._role = role
         self._links: dict[str, Link] = {}
-        self._points: dict[str, OpcuaPoint] = {p.id: p for d in self._devices for p in d.points}
         self._hub: SubHub | None = None
 
     # -- lifetime -----------------------------------------------------------------------------
@@ -78,15 +79,6 @@ class OpcuaAdapter:
         await asyncio.gather(*(link.close() for link in self._links.values()))
 
     # -- what it serves -----------------------------------------------------------------------
-    def devices(self) -> list[OpcuaDevice]:
-        return list(self._devices)
-
-    def point(self, point_id: str) -> OpcuaPoint | None:
-        return self._points.get(point_id)
-
-    def points(self) -> list[OpcuaPoint]:
-        return list(self._points.values())
-
     def health(self) -> list[dict[str, object]]:
         """Per device: device_id, endpoint, online (None until the first attempt ends), last_error,
         requests, failures, session (one is open now), subscriptions (live monitored items),
@@ -298,21 +290,6 @@ class OpcuaAdapter:
             raise DeviceError(f"no OPC-UA device '{device_id}'", code="invalid_argument", device=device_id)
         return link
 
-    def _known(self, point: Point) -> OpcuaPoint:
-        op = self._resolve(point)
-        if op is None:
-            raise DeviceError(f"no OPC-UA point '{point.id}'", code="unknown_point", point=point.id)
-        return op
-
-    def _resolve(self, point: Point) -> OpcuaPoint | None:
-        """The configured point for ``point``; an unconfigured OpcuaPoint of a known device is
-        taken as given (tools may address nodes that are not in the site file)."""
-        configured = self._points.get(point.id)
-        if configured is not None:
-            return configured
-        if isinstance(point, OpcuaPoint) and any(d.id == point.device_id for d in self._devices):
-            return point
-        return None
 
 
 def _reading(link: Link, p: OpcuaPoint, dv: ua.DataValue, now: datetime) -> Reading:
