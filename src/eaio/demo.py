@@ -31,6 +31,7 @@ from .agents.runtime import agent_db_path
 from .broker import find_mosquitto, write_mosquitto_conf
 from .config import SiteConfig, load_config
 from .pipeline.sqlite import SqliteStore, StoreCounts
+from .protocol_adapters.udp import udp_port_free
 
 __all__ = ["run_demo"]
 
@@ -102,16 +103,6 @@ def _wait_for(what: str, ready: Callable[[], bool], children: list[Child]) -> No
         time.sleep(0.1)
 
 
-def _udp_taken(host: str, port: int) -> bool:
-    # UDP has no listener to connect to: a port is taken when it cannot be bound.
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
 def _busy_ports(cfg: SiteConfig) -> list[str]:
     wanted = [(d.id, d.connection.host, d.connection.port) for d in cfg.devices_for("modbus")]
     wanted += [(f"{d.id} broker", d.connection.host, d.connection.port) for d in cfg.devices_for("mqtt")]
@@ -123,7 +114,7 @@ def _busy_ports(cfg: SiteConfig) -> list[str]:
         host = cfg.bacnet.interface.split("/")[0]
         udp += [(f"EAIO's BACnet {role} application", host, port) for role, port in cfg.bacnet.ports.items()
                 if role in ("ingest", "server")]
-    return busy + [f"{name} (udp {host}:{port})" for name, host, port in udp if _udp_taken(host, port)]
+    return busy + [f"{name} (udp {host}:{port})" for name, host, port in udp if not udp_port_free(host, port)]
 
 
 def _summary(cfg: SiteConfig) -> dict[str, object]:

@@ -44,6 +44,7 @@ from .bacnet_read import (
     split,
 )
 from .base import ConfiguredPoints, ReadingCallback
+from .udp import udp_port_free
 
 __all__ = ["BacnetAdapter"]
 
@@ -77,7 +78,7 @@ class BacnetAdapter(ConfiguredPoints[BacnetDevice, BacnetPoint]):
         bacnet_fast.install()  # once per process; it checks bacpypes3 first and logs when it stays off
         host = self._local.interface.split("/")[0]
         port = self._local.ports.get(self._role) or _free_udp_port(host)
-        if not _port_free(host, port):
+        if not udp_port_free(host, port):
             raise ConnectionFailed(f"BACnet role '{self._role}': UDP port {port} on {host} is in use")
         address = self._local.address(self._role, port)
         roles = list(self._local.ports)
@@ -468,17 +469,6 @@ def _free_udp_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def _port_free(host: str, port: int) -> bool:
-    # bacpypes3 binds with SO_REUSEPORT: on a port another application holds it binds silently
-    # and the kernel splits the peers between the two. A plain bind fails instead.
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 async def _open_application(address: str, instance: int, name: str, timeout_ms: int) -> Application:

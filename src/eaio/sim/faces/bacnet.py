@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -26,6 +25,7 @@ from bacpypes3.local.networkport import NetworkPortObject
 from ...config import SimBacnet
 from ...errors import ConnectionFailed
 from ...models import BacnetDevice
+from ...protocol_adapters.udp import udp_port_free
 from .bacnet_fast import FastRpmApplication, install_request_decoder
 from .bacnet_objects import DeviceObjects
 
@@ -60,18 +60,6 @@ class _NoRpmApplication(_SimApplication):
         ss = super().get_services_supported()
         ss[ss.readPropertyMultiple] = 0
         return ss
-
-
-def _port_free(host: str, port: int) -> bool:
-    # bacpypes3 binds with SO_REUSEPORT: a second application on a taken port binds silently and
-    # the kernel splits the peers between them, and a port held without it makes bacpypes3 retry
-    # forever. A plain bind (no reuse flags) fails in both cases.
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 class BacnetFace:
@@ -137,7 +125,7 @@ class BacnetFace:
         """Bind and answer; returns once the UDP port is bound. ConnectionFailed if it is taken."""
         if self._app is not None:
             return
-        if not _port_free(self.host, self.port):
+        if not udp_port_free(self.host, self.port):
             raise ConnectionFailed(f"sim {self.device.id}: cannot listen on {self.host}:{self.port} (port in use?)")
         if self._objects is None:
             self._build()
