@@ -43,7 +43,7 @@ from .bacnet_read import (
     quality_of,
     split,
 )
-from .base import ConfiguredPoints, ReadingCallback
+from .base import ConfiguredPoints, ReadingCallback, failed_reading
 from .udp import udp_port_free
 
 __all__ = ["BacnetAdapter"]
@@ -124,25 +124,8 @@ class BacnetAdapter(ConfiguredPoints[BacnetDevice, BacnetPoint]):
     async def read(self, points: Sequence[Point]) -> list[Reading]:
         """One Reading per requested point, in order. Devices are read concurrently; a device
         that fails gives bad readings (comm_failure), never an exception."""
-        by_device: dict[str, list[BacnetPoint]] = {}
-        results: dict[str, Reading] = {}
-        asked: set[str] = set()
-        for point in points:
-            resolved = self._resolve(point)
-            if resolved is None:
-                results[point.id] = _failed(point, None, "unknown_point", f"unknown_point: {point.id}")
-            elif resolved.id not in asked:
-                asked.add(resolved.id)
-                by_device.setdefault(resolved.device_id, []).append(resolved)
-        await asyncio.gather(*(self._read_device(self._links[d], pts, results) for d, pts in by_device.items()))
-        out: list[Reading] = []
-        given: set[str] = set()
-        for point in points:
-            reading = results[point.id]
-            # A point asked for twice gets its own copy, so marking one leaves the other alone.
-            out.append(reading.model_copy(deep=True) if point.id in given else reading)
-            given.add(point.id)
-        return out
+        return await self._read_by_device(
+            points, lambda device_id, pts, results: self._read_device(self._links[device_id], pts, results))
 
     async def _read_device(self, link: Link, points: list[BacnetPoint], results: dict[str, Reading]) -> None:
         if not link.breaker.allow():
@@ -163,7 +146,7 @@ class BacnetAdapter(ConfiguredPoints[BacnetDevice, BacnetPoint]):
             elif isinstance(outcome, BaseException):
                 log.error("bacnet %s: reading failed", link.device.id, exc_info=outcome)
                 for p in batch:
-                    results.setdefault(p.id, _failed(p, link.device.id, "protocol_status:internal_error",
+                    results.setdefault(p.id, failed_reading(p, link.device.id, "protocol_status:internal_error",
                                                      f"protocol_error: {link.where}: {outcome!r}"))
 
     def _plan(self, link: Link, points: list[BacnetPoint]) -> list[list[BacnetPoint]]:
@@ -217,7 +200,7 @@ class BacnetAdapter(ConfiguredPoints[BacnetDevice, BacnetPoint]):
                 return True  # some devices fail the whole request for one bad object: ask one by one
             # The request for this one object failed (it is unknown, say): that is its points' answer.
             for p in batch:
-                results[p.id] = _failed(p, link.device.id, f"protocol_status:{err.name}",
+                results[p.id] = failed_reading(p, link.device.id, f"protocol_status:{err.name}",
                                         f"protocol_error: {link.where}: {p.address.object_id}: {err}")
             return False
         return True
@@ -429,16 +412,16 @@ def _encode(bp: BacnetPoint, value: Value) -> Any:
 def _reading(link: Link, p: BacnetPoint, value: Any, status: Status) -> Reading:
     dev = link.device.id
     if value is _MISSING:
-        return _failed(p, dev, "protocol_status:missing",
+        return failed_reading(p, dev, "protocol_status:missing",
                        f"protocol_error: {link.where}: no {p.address.property} for {p.address.object_id}")
     if isinstance(value, ErrorType):
         code = str(value.errorCode)
-        return _failed(p, dev, f"protocol_status:{code}",
+        return failed_reading(p, dev, f"protocol_status:{code}",
                        f"protocol_error: {link.where}: {p.address.object_id} {p.address.property}: "
                        f"{value.errorClass}: {code}")
     v = point_value(value, p)
     if v is None:
-        return _failed(p, dev, "protocol_status:unsupported_value",
+        return failed_reading(p, dev, "protocol_status:unsupported_value",
                        f"protocol_error: {link.where}: {p.address.object_id} {p.address.property} is "
                        f"{type(value).__name__}, not a number")
     quality, reasons = quality_of(status)
@@ -449,20 +432,15 @@ def _reading(link: Link, p: BacnetPoint, value: Any, status: Status) -> Reading:
 
 def _refused_reading(link: Link, p: BacnetPoint, err: Refused | Invalid) -> Reading:
     name = err.name if isinstance(err, Refused) else "invalid_request"
-    return _failed(p, link.device.id, f"protocol_status:{name}",
+    return failed_reading(p, link.device.id, f"protocol_status:{name}",
                    f"protocol_error: {link.where}: {p.address.object_id} {p.address.property}: {err}")
-
-
-def _failed(point: Point, device_id: str | None, reason: str, detail: str) -> Reading:
-    return Reading(point_id=point.id, value=None, unit=point.unit, quality=Quality.BAD, reasons=[reason],
-                   device_id=device_id, detail=detail)
 
 
 def _fail_rest(link: Link, points: Sequence[BacnetPoint], results: dict[str, Reading], err: CommFailure) -> None:
     detail = f"{err.code}: {link.where}: {err}"
     for p in points:
         if p.id not in results:
-            results[p.id] = _failed(p, link.device.id, Reason.COMM_FAILURE, detail)
+            results[p.id] = failed_reading(p, link.device.id, Reason.COMM_FAILURE, detail)
 
 
 def _free_udp_port(host: str) -> int:

@@ -7,13 +7,14 @@ never leave an adapter: everything it returns is a ``Reading``, ``Point`` or ``W
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar, Generic, Protocol, Self, TypeVar, runtime_checkable
 
 from ..errors import DeviceError
-from ..models import Device, Point, Reading, ReadingBatch, Value
+from ..models import Device, Point, Quality, Reading, ReadingBatch, Value
 
-__all__ = ["Adapter", "ConfiguredPoints", "DeviceHealth", "ReadingCallback"]
+__all__ = ["Adapter", "ConfiguredPoints", "DeviceHealth", "ReadingCallback", "failed_reading"]
 
 # Pushed readings arrive in columnar batches (see models.batch): a stream can be fast.
 ReadingCallback = Callable[[ReadingBatch], Awaitable[None]]
@@ -63,6 +64,12 @@ class Adapter(Protocol):
         ...
 
 
+def failed_reading(point: Point, device_id: str | None, reason: str, detail: str) -> Reading:
+    """A bad reading with no value: the point could not be read, and ``detail`` says why."""
+    return Reading(point_id=point.id, value=None, unit=point.unit, quality=Quality.BAD, reasons=[reason],
+                   device_id=device_id, detail=detail)
+
+
 DeviceT = TypeVar("DeviceT", bound=Device)
 PointT = TypeVar("PointT", bound=Point)
 
@@ -103,3 +110,29 @@ class ConfiguredPoints(Generic[DeviceT, PointT]):
         if found is None:
             raise DeviceError(f"no {self._label} point '{point.id}'", code="unknown_point", point=point.id)
         return found
+
+    async def _read_by_device(
+        self, points: Sequence[Point],
+        read_device: Callable[[str, list[PointT], dict[str, Reading]], Awaitable[None]],
+    ) -> list[Reading]:
+        """One Reading per requested point, in order: each device's points are read by
+        ``read_device(device_id, points, results)`` (which fills ``results``), devices concurrently."""
+        by_device: dict[str, list[PointT]] = {}
+        results: dict[str, Reading] = {}
+        asked: set[str] = set()
+        for point in points:
+            resolved = self._resolve(point)
+            if resolved is None:
+                results[point.id] = failed_reading(point, None, "unknown_point", f"unknown_point: {point.id}")
+            elif resolved.id not in asked:
+                asked.add(resolved.id)
+                by_device.setdefault(resolved.device_id, []).append(resolved)
+        await asyncio.gather(*(read_device(d, pts, results) for d, pts in by_device.items()))
+        out: list[Reading] = []
+        given: set[str] = set()
+        for point in points:
+            reading = results[point.id]
+            # A point asked for twice gets its own copy, so marking one leaves the other alone.
+            out.append(reading.model_copy(deep=True) if point.id in given else reading)
+            given.add(point.id)
+        return out

@@ -22,9 +22,9 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ..errors import DeviceError
-from ..models import ModbusDevice, ModbusPoint, Point, Quality, Reading, Reason, Value, utcnow
+from ..models import ModbusDevice, ModbusPoint, Point, Reading, Reason, Value, utcnow
 from . import modbus_codec as codec
-from .base import ConfiguredPoints, ReadingCallback
+from .base import ConfiguredPoints, ReadingCallback, failed_reading
 from .breaker import CircuitBreaker
 from .modbus_plan import BIT_TABLES, ReadPlan, plan_reads, unit_of
 
@@ -226,23 +226,7 @@ class ModbusAdapter(ConfiguredPoints[ModbusDevice, ModbusPoint]):
 
     async def read(self, points: Sequence[Point]) -> list[Reading]:
         """One Reading per requested point, in order. Devices are read concurrently."""
-        by_device: dict[str, list[ModbusPoint]] = {}
-        results: dict[str, Reading] = {}
-        for point in points:
-            resolved = self._resolve(point)
-            if resolved is None:
-                results[point.id] = _failed(point, None, "unknown_point", f"unknown_point: {point.id}")
-            else:
-                by_device.setdefault(resolved.device_id, []).append(resolved)
-        await asyncio.gather(*(self._read_device(dev, pts, results) for dev, pts in by_device.items()))
-        out: list[Reading] = []
-        given: set[str] = set()
-        for point in points:
-            reading = results[point.id]
-            # A point asked for twice gets its own copy, so marking one leaves the other alone.
-            out.append(reading.model_copy(deep=True) if point.id in given else reading)
-            given.add(point.id)
-        return out
+        return await self._read_by_device(points, self._read_device)
 
     def plan(self, points: Sequence[Point]) -> list[ReadPlan]:
         """The requests the next ``read(points)`` would send, device by device (tests, bench)."""
@@ -270,7 +254,7 @@ class ModbusAdapter(ConfiguredPoints[ModbusDevice, ModbusPoint]):
                     detail = f"{err.code}: {link.where}: {err}"
                     for rest in (plan, *todo):
                         for point, _ in rest.items:
-                            results[point.id] = _failed(point, device_id, Reason.COMM_FAILURE, detail)
+                            results[point.id] = failed_reading(point, device_id, Reason.COMM_FAILURE, detail)
                     return
                 except _Refused as err:
                     self._refused(link, plan, err, todo, results)
@@ -297,7 +281,7 @@ class ModbusAdapter(ConfiguredPoints[ModbusDevice, ModbusPoint]):
             return
         detail = f"protocol_error: {link.where}: {err.name} for {_describe(plan)}"
         for point, _ in plan.items:
-            results[point.id] = _failed(point, link.device.id, f"protocol_status:{err.name}", detail)
+            results[point.id] = failed_reading(point, link.device.id, f"protocol_status:{err.name}", detail)
 
     async def write(self, point: Point, value: Value) -> None:
         """Write one engineering value. Raises DeviceError (unknown_point, not_writable,
@@ -381,13 +365,6 @@ def _describe(plan: ReadPlan) -> str:
     return f"{plan.table} {plan.start}..{plan.end - 1} (unit {plan.unit})"
 
 
-def _failed(point: Point, device_id: str | None, reason: str, detail: str) -> Reading:
-    return Reading(
-        point_id=point.id, value=None, unit=point.unit, quality=Quality.BAD, reasons=[reason],
-        device_id=device_id, detail=detail,
-    )
-
-
 def _decode_plan(plan: ReadPlan, response: Any, device_id: str, results: dict[str, Reading]) -> None:
     ts = utcnow()
     words = response.bits if plan.table in BIT_TABLES else response.registers
@@ -395,7 +372,7 @@ def _decode_plan(plan: ReadPlan, response: Any, device_id: str, results: dict[st
         chunk = words[offset : offset + point.address.count]
         if len(chunk) < point.address.count:
             detail = f"protocol_error: {device_id}: short answer for {_describe(plan)}"
-            results[point.id] = _failed(point, device_id, "protocol_status:short_response", detail)
+            results[point.id] = failed_reading(point, device_id, "protocol_status:short_response", detail)
             continue
         results[point.id] = Reading(
             point_id=point.id, value=codec.decode(point.address, chunk), unit=point.unit, ts=ts, device_id=device_id

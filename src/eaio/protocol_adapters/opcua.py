@@ -22,7 +22,7 @@ from ..errors import DeviceError
 from ..models import OpcuaDevice, OpcuaPoint, Point, Quality, Reading, Reason, Value, trusted, utcnow
 from . import opcua_fast as fast
 from . import opcua_raw as raw
-from .base import ConfiguredPoints, ReadingCallback
+from .base import ConfiguredPoints, ReadingCallback, failed_reading
 from .opcua_link import CommFailure, Invalid, Link, Refused, quiet_asyncua
 from .opcua_read import NodeIdError, builtin_type, coerce, decode, split, status_name, type_name
 from .opcua_sub import SubHub
@@ -100,25 +100,8 @@ class OpcuaAdapter(ConfiguredPoints[OpcuaDevice, OpcuaPoint]):
     async def read(self, points: Sequence[Point]) -> list[Reading]:
         """One Reading per requested point, in order. Devices are read concurrently; a device
         that fails gives bad readings (comm_failure), never an exception."""
-        by_device: dict[str, list[OpcuaPoint]] = {}
-        results: dict[str, Reading] = {}
-        asked: set[str] = set()
-        for point in points:
-            op = self._resolve(point)
-            if op is None:
-                results[point.id] = _failed(point, None, "unknown_point", f"unknown_point: {point.id}")
-            elif op.id not in asked:
-                asked.add(op.id)
-                by_device.setdefault(op.device_id, []).append(op)
-        await asyncio.gather(*(self._read_device(self._link(d), pts, results) for d, pts in by_device.items()))
-        out: list[Reading] = []
-        given: set[str] = set()
-        for point in points:
-            reading = results[point.id]
-            # A point asked for twice gets its own copy, so marking one leaves the other alone.
-            out.append(reading.model_copy(deep=True) if point.id in given else reading)
-            given.add(point.id)
-        return out
+        return await self._read_by_device(
+            points, lambda device_id, pts, results: self._read_device(self._link(device_id), pts, results))
 
     async def _read_device(self, link: Link, points: list[OpcuaPoint], results: dict[str, Reading]) -> None:
         failure = link.unavailable()
@@ -130,7 +113,7 @@ class OpcuaAdapter(ConfiguredPoints[OpcuaDevice, OpcuaPoint]):
             try:
                 nodes.append((p, link.node(p.address.node_id)))
             except NodeIdError as err:
-                results[p.id] = _failed(p, link.device.id, "protocol_status:BadNodeIdInvalid",
+                results[p.id] = failed_reading(p, link.device.id, "protocol_status:BadNodeIdInvalid",
                                         f"invalid_argument: {link.where}: {err}")
         if not nodes:
             return
@@ -148,7 +131,7 @@ class OpcuaAdapter(ConfiguredPoints[OpcuaDevice, OpcuaPoint]):
             elif isinstance(outcome, BaseException):
                 log.error("opcua %s: reading failed", link.device.id, exc_info=outcome)
                 for p, _ in batch:
-                    results.setdefault(p.id, _failed(p, link.device.id, "protocol_status:internal_error",
+                    results.setdefault(p.id, failed_reading(p, link.device.id, "protocol_status:internal_error",
                                                      f"protocol_error: {link.where}: {outcome!r}"))
 
     async def _read_batch(self, link: Link, batch: list[tuple[OpcuaPoint, ua.NodeId]],
@@ -159,7 +142,7 @@ class OpcuaAdapter(ConfiguredPoints[OpcuaDevice, OpcuaPoint]):
         except (Refused, Invalid) as err:
             name = err.name if isinstance(err, Refused) else "BadEncodingError"
             for p, _ in batch:  # the whole request was refused (too many nodes, say)
-                results[p.id] = _failed(p, link.device.id, f"protocol_status:{name}",
+                results[p.id] = failed_reading(p, link.device.id, f"protocol_status:{name}",
                                         f"protocol_error: {link.where}: the Read was refused ({err})")
             return
         now = utcnow()
@@ -325,13 +308,8 @@ def _write_error(link: Link, op: OpcuaPoint, name: str, value: Value) -> DeviceE
                        device=op.device_id, point=op.id)
 
 
-def _failed(point: Point, device_id: str | None, reason: str, detail: str) -> Reading:
-    return Reading(point_id=point.id, value=None, unit=point.unit, quality=Quality.BAD, reasons=[reason],
-                   device_id=device_id, detail=detail)
-
-
 def _fail_rest(link: Link, points: Sequence[OpcuaPoint], results: dict[str, Reading], err: CommFailure) -> None:
     detail = f"{err.code}: {link.where}: {err}"
     for p in points:
         if p.id not in results:
-            results[p.id] = _failed(p, link.device.id, Reason.COMM_FAILURE, detail)
+            results[p.id] = failed_reading(p, link.device.id, Reason.COMM_FAILURE, detail)
