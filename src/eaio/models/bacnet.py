@@ -13,7 +13,7 @@ import builtins
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .point import Device, Point
 
@@ -120,12 +120,6 @@ class BacnetDevice(Device):
     protocol: Literal["bacnet"]
     connection: BacnetConnection
     points: list[BacnetPoint] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _own_points(self) -> BacnetDevice:
-        for p in self.points:
-            p.device_id = self.id
-        return self
 
 
 class BacnetLocal(_Strict):

@@ -172,12 +172,6 @@ class MqttDevice(Device):
         default_factory=list, description="Topic prefixes the publish_message tool may publish to (empty: none)"
     )
 
-    @model_validator(mode="after")
-    def _own_points(self) -> MqttDevice:
-        for p in self.points:
-            p.device_id = self.id
-        return self
-
 
 class DeadLetter(BaseModel):
     """A message that could not become readings, kept with its raw bytes and the reason."""

@@ -125,9 +125,3 @@ class OpcuaDevice(Device):
     protocol: Literal["opcua"]
     connection: OpcuaConnection
     points: list[OpcuaPoint] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _own_points(self) -> OpcuaDevice:
-        for p in self.points:
-            p.device_id = self.id
-        return self

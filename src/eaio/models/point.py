@@ -163,15 +163,15 @@ class Device(Strict):
     protocol: str
     poll_interval_s: float = Field(default=10.0, gt=0)
 
+    @model_validator(mode="after")
+    def _own_points(self) -> Device:
+        # Each protocol's device declares its own ``points``; a point knows its device from here.
+        for p in getattr(self, "points", ()):
+            p.device_id = self.id
+        return self
 
 
 class ModbusDevice(Device):
     protocol: Literal["modbus"]
     connection: ModbusConnection = Field(default_factory=ModbusConnection)
     points: list[ModbusPoint] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _own_points(self) -> ModbusDevice:
-        for p in self.points:
-            p.device_id = self.id
-        return self
