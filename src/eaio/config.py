@@ -19,12 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
-from .models import BacnetDevice, BacnetLocal, ModbusDevice, MqttDevice, OpcuaDevice, Point
+from .models import BacnetDevice, BacnetLocal, ModbusDevice, MqttDevice, MqttTls, OpcuaDevice, Point
 from .models.mqtt import _TEMPLATE
 
 __all__ = [
     "AgentServerRef",
     "AgentSettings",
+    "BufferSettings",
+    "EnergySettings",
+    "EventMqtt",
+    "EventSettings",
+    "InfluxSettings",
     "IngestSettings",
     "ServerSettings",
     "SimBacnet",
@@ -58,9 +63,85 @@ class SqliteSettings(_Strict):
     path: str = Field(default="eaio.db", description="Relative paths are under data_dir")
 
 
+class InfluxSettings(_Strict):
+    """An InfluxDB server: version 2 through influxdb-client (token, org, bucket; Flux queries) or
+    version 1 over its HTTP API (line protocol to /write, InfluxQL to /query)."""
+
+    version: Literal[1, 2] = 2
+    url: str = Field(default="http://127.0.0.1:8086", pattern=r"^https?://")
+    token: str | None = Field(default=None, description="v2: API token (required)")
+    org: str | None = Field(default=None, description="v2: organisation (required)")
+    bucket: str = Field(default="eaio", min_length=1, description="v2: bucket")
+    database: str = Field(default="eaio", min_length=1, description="v1: database (created when missing)")
+    retention_policy: str | None = Field(default=None, description="v1: retention policy; default the database's")
+    username: str | None = Field(default=None, description="v1: user, when the server requires auth")
+    password: str | None = None
+    measurement: str = Field(default="readings", min_length=1, description="Measurement every reading is written to")
+    timeout_s: float = Field(default=10.0, gt=0, le=300, description="Per HTTP request")
+    verify_ssl: bool = True
+
+    @model_validator(mode="after")
+    def _v2_credentials(self) -> InfluxSettings:
+        if self.version == 2 and (not self.token or not self.org):
+            raise ValueError("InfluxDB 2 needs 'token' and 'org'")
+        return self
+
+
+class BufferSettings(_Strict):
+    """The durable store-and-forward buffer in front of a remote store (SQLite, WAL)."""
+
+    path: str = Field(default="buffer.db", description="Relative paths are under data_dir")
+    max_readings: int = Field(default=10_000_000, ge=1_000, description="Capacity; a warning at 90% full")
+    batch_size: int = Field(default=5_000, ge=1, le=5_000, description="Most readings (lines) per store write")
+    retry_initial_s: float = Field(default=0.5, gt=0, le=60, description="First wait after a failed write")
+    retry_max_s: float = Field(default=30.0, gt=0, le=3600, description="Longest wait between retries")
+
+
 class StorageSettings(_Strict):
-    backend: Literal["sqlite"] = "sqlite"
+    backend: Literal["sqlite", "influxdb"] = Field(
+        default="sqlite", description="sqlite: embedded, written directly; influxdb: through the durable buffer"
+    )
     sqlite: SqliteSettings = Field(default_factory=SqliteSettings)
+    influxdb: InfluxSettings | None = None
+    buffer: BufferSettings = Field(default_factory=BufferSettings)
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> StorageSettings:
+        if self.backend == "influxdb" and self.influxdb is None:
+            raise ValueError("backend 'influxdb' needs an 'influxdb' section")
+        return self
+
+
+class EventMqtt(_Strict):
+    """The broker events are published to (QoS 1)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    client_id: str = Field(default="eaio-events", min_length=1)
+    username: str | None = None
+    password: str | None = None
+    tls: MqttTls | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    max_queued: int = Field(default=100_000, ge=100, description="Events held while the broker is away")
+
+
+class EventSettings(_Strict):
+    """The event bus: topics eaio/<site>/<kind>/<point> as JSON. In process always; on MQTT when a
+    broker is given."""
+
+    mqtt: EventMqtt | None = Field(default=None, description="Broker to publish to; none: events stay in process")
+    prefix: str = Field(default="eaio", min_length=1, description="First topic level")
+    readings_every_s: float | None = Field(
+        default=60.0, ge=0, description="At most one reading event per point per this many seconds (0: every "
+        "reading; null: none). Quality changes, faults and demand are never decimated",
+    )
+    qos: Literal[0, 1, 2] = 1
+
+
+class EnergySettings(_Strict):
+    demand_interval_s: float = Field(
+        default=900.0, ge=60, le=86_400, description="Demand (kW) is averaged over intervals of this length"
+    )
 
 
 class ServerSettings(_Strict):
@@ -184,6 +265,8 @@ class SiteConfig(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     servers: dict[str, ServerSettings] = Field(default_factory=dict)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
+    energy: EnergySettings = Field(default_factory=EnergySettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     sim: SimSettings = Field(default_factory=SimSettings)
     bacnet: BacnetLocal = Field(default_factory=BacnetLocal, description="EAIO's own BACnet/IP applications")
@@ -232,6 +315,9 @@ class SiteConfig(BaseSettings):
 
     def sqlite_path(self) -> Path:
         return self.resolve(self.storage.sqlite.path)
+
+    def buffer_path(self) -> Path:
+        return self.resolve(self.storage.buffer.path)
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

@@ -14,6 +14,7 @@ from .mqtt import (
 )
 from .opcua import OpcuaAddress, OpcuaConnection, OpcuaDevice, OpcuaPoint, OpcuaSecurity
 from .point import (
+    Counter,
     Device,
     Limits,
     ModbusAddress,
@@ -22,6 +23,7 @@ from .point import (
     ModbusPoint,
     Point,
     PointKind,
+    PointRules,
 )
 from .reading import Quality, Reading, Reason, Value, trusted, utcnow
 from .write import AuditRecord, WriteOutcome, WriteRequest, WriteResult
@@ -33,6 +35,7 @@ __all__ = [
     "BacnetDevice",
     "BacnetLocal",
     "BacnetPoint",
+    "Counter",
     "DeadLetter",
     "Decision",
     "DecisionMode",
@@ -56,6 +59,7 @@ __all__ = [
     "OpcuaSecurity",
     "Point",
     "PointKind",
+    "PointRules",
     "Quality",
     "Reading",
     "ReadingBatch",

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "Counter",
     "Device",
     "Limits",
     "ModbusAddress",
@@ -18,6 +19,7 @@ __all__ = [
     "ModbusPoint",
     "Point",
     "PointKind",
+    "PointRules",
 ]
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_\-]*(\.[a-z0-9_\-]+)*$")
@@ -74,6 +76,41 @@ class Limits(Strict):
         return f"[{'-inf' if self.low is None else self.low}, {'inf' if self.high is None else self.high}]"
 
 
+class PointRules(Strict):
+    """Per-point overrides of the data-quality rules' defaults for the point's kind.
+
+    Thresholds are in the point's unit. ``0`` switches a threshold-based rule off for the point;
+    a field left out keeps the default of the point's kind (see ``pipeline/rules.py``).
+    """
+
+    expected: Limits | None = Field(
+        default=None, description="Range practice expects; outside it a reading is uncertain (limits make it bad)"
+    )
+    max_rate_per_h: float | None = Field(
+        default=None, ge=0, description="Largest plausible change per hour; a bigger jump is a spike (0: off)"
+    )
+    flatline_window_s: float | None = Field(default=None, ge=0, description="Window of the flatline rule (0: off)")
+    flatline_min_spread: float | None = Field(
+        default=None, ge=0, description="A full window whose spread stays under this is a flatline"
+    )
+    stale_after_s: float | None = Field(
+        default=None, gt=0, description="No good sample for this long: stale (default: stale_after_polls polls)"
+    )
+
+
+class Counter(Strict):
+    """An accumulating meter register: interval energy comes from its differences."""
+
+    rollover: float | None = Field(
+        default=None, gt=0,
+        description="Value at which the counter wraps to 0, in the point's unit (e.g. 4294967.296 for a 32-bit "
+        "Wh register read in kWh); default: from the register type and scale when the protocol knows it",
+    )
+    max_step: float | None = Field(
+        default=None, gt=0, description="A larger increase between two samples is a reset or glitch, not energy"
+    )
+
+
 class Point(Strict):
     """A site-wide point. Protocol subclasses add an ``address``."""
 
@@ -88,6 +125,8 @@ class Point(Strict):
     writable: bool = False
     write_bounds: Limits | None = None
     poll_interval_s: float | None = Field(default=None, gt=0)
+    rules: PointRules | None = Field(default=None, description="Overrides of the data-quality rules' defaults")
+    counter: Counter | None = Field(default=None, description="An energy counter (kind energy): rollover and resets")
     # Filled in from the owning device when the configuration is loaded.
     device_id: str = ""
 
