@@ -138,3 +138,15 @@ def mosquitto_tls(tmp_path: Path) -> Iterator[Any]:
     finally:
         broker.stop()
 
+
+@pytest.fixture
+def influxd(tmp_path: Path) -> Iterator[Any]:
+    """A private influxd 1.6.7 on free ports with its own data directory, stopped after the test."""
+    from influxdb import Influxd
+
+    server = Influxd(tmp_path / "influxd")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
