@@ -3,6 +3,7 @@
 from .advice import Decision, DecisionMode, Fault, Recommendation, Severity, SuggestedWrite
 from .bacnet import BacnetAddress, BacnetConnection, BacnetDevice, BacnetLocal, BacnetPoint
 from .batch import ReadingBatch, from_us, to_us
+from .event import Event, EventKind, FaultCode, event_topic, new_event_id, topic_level
 from .mqtt import (
     DeadLetter,
     MqttCommand,
@@ -40,7 +41,10 @@ __all__ = [
     "Decision",
     "DecisionMode",
     "Device",
+    "Event",
+    "EventKind",
     "Fault",
+    "FaultCode",
     "Limits",
     "ModbusAddress",
     "ModbusConnection",
@@ -71,8 +75,11 @@ __all__ = [
     "WriteOutcome",
     "WriteRequest",
     "WriteResult",
+    "event_topic",
     "from_us",
+    "new_event_id",
     "to_us",
+    "topic_level",
     "trusted",
     "utcnow",
 ]
