@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from eaio.config import SiteConfig
-from eaio.models import Limits, Point, Quality, Reading, to_us
+from eaio.models import Limits, Point, PointRules, Quality, Reading, to_us
 from eaio.pipeline import PointRule, QualityValidator, StaleState
 
 T0 = datetime(2026, 7, 15, 12, 0, tzinfo=UTC)
@@ -17,8 +17,12 @@ STALE_AFTER_POLLS = 3
 
 @pytest.fixture
 def validator() -> QualityValidator:
+    # zone1.temp is a zone air temperature by its id: its role's defaults (expected range, spike,
+    # flatline) are switched off here, since these tests are about limits, failures and staleness
+    # (tests/test_pipeline_rules.py covers the defaults).
+    off = PointRules(expected=Limits(), max_rate_per_h=0, flatline_window_s=0)
     points = [
-        Point(id="zone1.temp", unit="degC", limits=Limits(low=5, high=40)),
+        Point(id="zone1.temp", unit="degC", limits=Limits(low=5, high=40), rules=off),
         Point(id="ahu1.fan_speed", unit="%", limits=Limits(low=0, high=100)),
         Point(id="ahu1.fan_status"),
     ]

@@ -34,6 +34,7 @@ class Reason(StrEnum):
     FLATLINE = "flatline"
     STALE = "stale"
     COMM_FAILURE = "comm_failure"
+    UNIT_MISMATCH = "unit_mismatch"
 
 
 class Reading(BaseModel):
