@@ -83,6 +83,7 @@ def site_file(tmp_path: Path) -> Callable[..., Path]:
             dev.setdefault("connection", {})["port"] = free_port()
         raw["data_dir"] = str(tmp_path / "data")
         raw["sim"]["control_port"] = None
+        raw["sim"]["noise"] = False  # exact physics values, so tests can compare them; the demo keeps noise
         for server in raw.get("servers", {}).values():
             server["port"] = free_port()
         for key, value in changes.items():

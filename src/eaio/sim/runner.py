@@ -30,6 +30,7 @@ from .faces.modbus import ModbusFace
 from .faces.mqtt import MqttFace
 from .faces.opcua import OpcuaFace
 from .faults import FaultBook
+from .noise import SensorNoise
 from .physics import MODELLED, Building
 
 __all__ = ["SimThread", "Simulation", "parse_fault", "run_sim"]
@@ -65,6 +66,7 @@ class Simulation:
         self.memory: dict[str, Value] = {
             pid: (False if p.is_binary else 0) for pid, p in self.points.items() if pid not in MODELLED
         }
+        self.noise = SensorNoise(self.points.values(), cfg.sim.seed) if cfg.sim.noise else None
         self.faults = FaultBook()
         for spec in [*cfg.sim.faults, *faults]:
             self.faults.add(spec)
@@ -229,9 +231,11 @@ class Simulation:
 
     def _refresh(self) -> None:
         served: dict[str, Value] = {}
+        noise = self.noise
         for pid in self.points:
             true = self.true_value(pid)
-            served[pid] = self.faults.served(pid, true, self.elapsed, self.step)
+            measured = true if noise is None else noise.apply(pid, true)
+            served[pid] = self.faults.served(pid, measured, self.elapsed, self.step)
         self.served = served
         unreliable = self.faults.unreliable_points(self.elapsed)
         for face in self.faces.values():
