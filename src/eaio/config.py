@@ -218,6 +218,9 @@ class SimBacnet(_Strict):
 
     no_rpm: list[str] = Field(default_factory=list,
                               description="Devices that refuse ReadPropertyMultiple, as some old controllers do")
+    no_cov: list[str] = Field(default_factory=list,
+                              description="Devices that refuse SubscribeCOV (Reject unrecognized-service), as "
+                              "controllers without COV do: clients must poll their points")
     max_apdu: int = Field(default=1476, ge=50, le=1476, description="Largest APDU the devices accept")
     segmentation: bool = Field(default=True, description="Whether the devices segment long answers")
 
@@ -239,6 +242,8 @@ class SimSettings(_Strict):
     start: datetime | None = Field(default=None, description="Sim clock at start (local site time)")
     seed: int = 42
     step_s: float = Field(default=0.5, gt=0, le=60, description="Wall seconds between physics updates")
+    noise: bool = Field(default=True, description="Sensor noise on measured values (temperature, humidity, CO2, "
+                        "pressure), as real sensors have; off gives the physics' exact values")
     control_port: int | None = Field(default=None, ge=0, le=65535, description="HTTP control API")
     meter_start_wh: int = Field(
         default=4_294_967_295 - 20_000, ge=0, le=4_294_967_295, description="Initial 32-bit energy counter"
@@ -385,6 +390,9 @@ def check(cfg: SiteConfig) -> list[tuple[str, str]]:
     for i, dev_id in enumerate(cfg.sim.bacnet.no_rpm):
         if dev_id not in bacnet_ids:
             problems.append((f"sim.bacnet.no_rpm[{i}]", f"'{dev_id}' is not a BACnet device of this site"))
+    for i, dev_id in enumerate(cfg.sim.bacnet.no_cov):
+        if dev_id not in bacnet_ids:
+            problems.append((f"sim.bacnet.no_cov[{i}]", f"'{dev_id}' is not a BACnet device of this site"))
     for name in cfg.servers:
         if name not in ("modbus", "bacnet", "opcua", "mqtt"):
             problems.append((f"servers.{name}", "unknown protocol; expected modbus, bacnet, opcua or mqtt"))
