@@ -19,18 +19,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
-from .models import BacnetDevice, BacnetLocal, ModbusDevice, MqttDevice, MqttTls, OpcuaDevice, Point
+from .models import BacnetDevice, BacnetLocal, ModbusDevice, MqttDevice, MqttTls, OpcuaDevice, Point, PointKind
 from .models.mqtt import _TEMPLATE
 
 __all__ = [
     "AgentServerRef",
     "AgentSettings",
+    "ApprovalRule",
     "BufferSettings",
     "EnergySettings",
     "EventMqtt",
     "EventSettings",
     "InfluxSettings",
     "IngestSettings",
+    "LLMSettings",
+    "MemorySettings",
     "ServerSettings",
     "SimBacnet",
     "SimFaultSpec",
@@ -179,10 +182,45 @@ class AgentServerRef(_Strict):
 
 
 class LLMSettings(_Strict):
+    """The local model, through Ollama. Without it (or when it fails) the no-LLM planner runs."""
+
     backend: Literal["none", "ollama"] = "none"
-    url: str = "http://127.0.0.1:11434"
-    model: str = "qwen2.5:7b"
-    fallback_model: str | None = "qwen2.5:1.5b"
+    url: str = Field(default="http://127.0.0.1:11434", pattern=r"^https?://")
+    model: str = Field(default="qwen2.5:7b", min_length=1, description="A model that supports tools")
+    fallback_model: str | None = Field(default="qwen2.5:1.5b", description="Smaller model: after the main one fails, "
+                                       "or up front when free memory cannot hold the main one")
+    num_ctx: int | None = Field(default=None, ge=512, le=262_144,
+                                description="Context window sent as options.num_ctx; default: sized to the prompt")
+    max_ctx: int = Field(default=32_768, ge=2048, le=262_144, description="Largest num_ctx the sizing may choose")
+    keep_alive: str = Field(default="10m", description="How long Ollama keeps the model loaded after a call")
+    max_steps: int = Field(default=8, ge=1, le=50, description="Most model turns (tool rounds) per task")
+    timeout_s: float = Field(default=120.0, gt=0, le=3600, description="Per model turn")
+    temperature: float = Field(default=0.1, ge=0, le=2)
+    max_tool_result_chars: int = Field(default=4_000, ge=200, le=200_000,
+                                       description="A tool result is trimmed to this before it enters a prompt")
+
+
+class ApprovalRule(_Strict):
+    """Which writes an agent may make on its own. The first rule that matches a point decides."""
+
+    points: list[str] = Field(default_factory=list, description="Point id globs ('zone*.cool_sp'); any when empty")
+    kinds: list[PointKind] = Field(default_factory=list, description="Point kinds; any when empty")
+    brick: list[str] = Field(default_factory=list, description="Brick classes; any when empty")
+    policy: Literal["auto", "approve", "deny"] = Field(
+        description="auto: written at once (inside bounds, audited); approve: queued for `eaio approve ID`; deny: never"
+    )
+
+
+class MemorySettings(_Strict):
+    """The agent's memory of decisions, outcomes and notes (chromadb, persistent, under data_dir)."""
+
+    enabled: bool = True
+    path: str = Field(default="memory", description="chromadb directory; relative paths are under data_dir")
+    embedder: Literal["onnx", "ollama"] = Field(
+        default="onnx", description="onnx: a model shipped in a Python package, run on onnxruntime (offline); "
+        "ollama: the llm.url server's embeddings")
+    ollama_model: str = Field(default="nomic-embed-text", description="Embedding model when embedder is ollama")
+    recall: int = Field(default=3, ge=0, le=20, description="Similar past situations recalled into a prompt")
 
 
 class AgentSettings(_Strict):
@@ -193,6 +231,17 @@ class AgentSettings(_Strict):
     comfort_band_c: float = Field(default=1.0, gt=0, description="Allowed distance from setpoint")
     call_timeout_s: float = Field(default=10.0, gt=0)
     llm: LLMSettings = Field(default_factory=LLMSettings)
+    approvals: list[ApprovalRule] = Field(
+        default_factory=list, description="Write policy by point class; the first match decides"
+    )
+    default_approval: Literal["auto", "approve", "deny"] = Field(
+        default="approve", description="Policy for a write no rule matches"
+    )
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    events: bool = Field(default=True, description="Run workflows on bus events (faults, stale sensors, demand "
+                         "peaks) when events.mqtt names a broker")
+    demand_peak_kw: float | None = Field(default=None, gt=0,
+                                         description="A demand event above this starts the demand workflow")
 
 
 class SimFaultSpec(_Strict):
