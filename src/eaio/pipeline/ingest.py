@@ -12,6 +12,10 @@ others; a tick that comes while the previous poll still runs is skipped, not que
 readings go through the validator into a pending queue that one writer task drains in batches
 of ``cfg.ingest.batch_size``. When the store fails, the batch goes back to the queue (bounded:
 the oldest readings are dropped first, and counted) and is retried on the next tick.
+
+The store is the configured one (``stores.open_store``): SQLite written directly, or InfluxDB
+behind the durable buffer, whose failures then only fill the buffer. ``stats().store`` says how
+the store is doing (``StoreHealth``), for the summary line too.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ from ..config import SiteConfig
 from ..models import DeadLetter, Point, Quality, Reading, ReadingBatch, Reason, to_us, utcnow
 from ..protocol_adapters import Adapter, build_adapter
 from .base import Store
+from .forward import StoreHealth
 from .sqlite import SqliteStore
+from .stores import describe_store, open_store
 from .validate import QualityValidator, StaleState
 
 __all__ = ["PUSHED", "DeviceStats", "Ingest", "IngestStats", "run_ingest"]
@@ -73,6 +79,7 @@ class IngestStats(BaseModel):
     dropped: int = Field(default=0, description="Readings lost because the backlog was full")
     dead_letters: int = Field(default=0, description="Messages that could not become readings")
     dead_letter_errors: int = Field(default=0, description="Dead letters the store failed to keep")
+    store: StoreHealth | None = Field(default=None, description="How the store is doing (as of this call)")
     devices: dict[str, DeviceStats] = Field(default_factory=dict)
 
 
@@ -113,8 +120,8 @@ def failed_readings(points: Sequence[Point], detail: str) -> list[Reading]:
 class Ingest:
     """``async with Ingest(cfg) as ingest:`` polls until the block exits; ``ingest.stats()`` any time.
 
-    ``store`` may be given (its lifetime is then the caller's); otherwise the configured
-    SQLite store is opened and closed here.
+    ``store`` may be given (its lifetime is then the caller's); otherwise the configured store
+    (``stores.open_store``) is opened here, and closed after the last flush.
     """
 
     def __init__(self, cfg: SiteConfig, *, store: Store | None = None, backlog_limit: int | None = None) -> None:
@@ -130,7 +137,8 @@ class Ingest:
         self._pending: deque[ReadingBatch] = deque()
         self._pending_n = 0
         self._adapters: dict[str, Adapter] = {}
-        self._stack = AsyncExitStack()
+        self._stack = AsyncExitStack()  # the adapters
+        self._store_stack = AsyncExitStack()  # the store we opened: closed after the writer's last flush
         self._tasks: list[asyncio.Task[None]] = []
         self._writer: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -140,26 +148,37 @@ class Ingest:
         self._stats = IngestStats(devices={
             d.id: DeviceStats(device_id=d.id, protocol=d.protocol) for d in cfg.devices
         })
+        # For a store that reports no health of its own (SQLite): what its writes here tell.
+        self._store_health = StoreHealth(
+            backend=cfg.storage.backend if store is None else "sqlite" if isinstance(store, SqliteStore)
+            else type(store).__name__)
 
     # -- lifetime --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
+        self._wake = asyncio.Event()  # before the adapters: a pushed batch may come as they connect
         try:
             if self.store is None:
-                self.store = await self._stack.enter_async_context(SqliteStore.from_config(self.cfg))
+                self.store = await self._store_stack.enter_async_context(open_store(self.cfg))
             for proto in self.cfg.protocols():
                 devices = self.cfg.devices_for(proto)
-                adapter = build_adapter(proto, devices, role="ingest") if proto in PUSHED else build_adapter(
-                    proto, devices)
+                if proto in PUSHED:
+                    adapter = build_adapter(proto, devices, role="ingest")
+                    # Subscribed BEFORE it connects: right after the CONNACK the broker sends what
+                    # it kept for our persistent session (published while ingest was down), and
+                    # an adapter with no subscriber yet would acknowledge those messages and drop them.
+                    await adapter.subscribe([p for d in devices for p in d.points], self._on_pushed,
+                                            self._on_dead_letter)  # type: ignore[call-arg]
+                else:
+                    adapter = build_adapter(proto, devices)
                 self._adapters[proto] = await self._stack.enter_async_context(adapter)
         except BaseException:
-            await self._stack.aclose()
+            await self._close_stacks()
             raise
         try:
             await self._server_metadata()
         except BaseException:
-            await self._stack.aclose()
+            await self._close_stacks()
             raise
-        self._wake = asyncio.Event()
         self._stats.started_at = utcnow()
         self._writer = asyncio.create_task(self._write_loop(), name="ingest-writer")
         for g in self._groups:
@@ -182,16 +201,25 @@ class Ingest:
             # the broker already counts as delivered), and the writer is still there to store it.
             await self._stack.aclose()
         finally:
-            # The writer is not cancelled mid-transaction (the thread would commit a batch we had
-            # lost track of): it is told to make one last flush and return.
-            if self._writer is not None and self._wake is not None:
-                self._closing = True
-                self._room.set()
-                self._wake.set()
-                await asyncio.gather(self._writer, return_exceptions=True)
-                self._writer = None
+            try:
+                # The writer is not cancelled mid-transaction (the thread would commit a batch we
+                # had lost track of): it is told to make one last flush and return.
+                if self._writer is not None and self._wake is not None:
+                    self._closing = True
+                    self._room.set()
+                    self._wake.set()
+                    await asyncio.gather(self._writer, return_exceptions=True)
+                    self._writer = None
+            finally:
+                await self._store_stack.aclose()  # after the last flush, which still needs it
         if self._pending_n:
             log.warning("ingest stopped with %d readings not stored", self._pending_n)
+
+    async def _close_stacks(self) -> None:
+        try:
+            await self._stack.aclose()
+        finally:
+            await self._store_stack.aclose()
 
     async def _server_metadata(self) -> None:
         """Limits and units the site file leaves out, from servers that publish them (an OPC-UA
@@ -226,16 +254,19 @@ class Ingest:
     def stats(self) -> IngestStats:
         s = self._stats.model_copy(deep=True)
         s.backlog = self._pending_n
+        s.store = self.store_health()
         return s
+
+    def store_health(self) -> StoreHealth:
+        """The store's own report when it has one (a buffered remote), else what its writes told."""
+        health = getattr(self.store, "health", None)
+        return health() if callable(health) else self._store_health.model_copy()
 
     # -- pushed readings (MQTT) -------------------------------------------------------------
     async def _subscribe_pushed(self) -> None:
         for proto, adapter in self._adapters.items():
             points = [p for d in self.cfg.devices_for(proto) for p in d.points]
-            if proto in PUSHED:
-                # The adapter connects in the background: subscribe returns at once and the broker
-                # gets the subscriptions on every (re)connect.
-                await adapter.subscribe(points, self._on_pushed, self._on_dead_letter)  # type: ignore[call-arg]
+            if proto in PUSHED:  # subscribed in __aenter__, before connecting
                 self._tasks.append(asyncio.create_task(self._health_loop(adapter), name=f"ingest-health-{proto}"))
             elif hasattr(adapter, "pushed"):
                 await adapter.subscribe(points, self._on_pushed)
@@ -413,8 +444,10 @@ class Ingest:
             if self._closing:
                 return
             if not ok:
-                # Readings polled meanwhile set the event again, so this retries on the next tick.
+                # Then try again, even if nothing new arrives meanwhile (a site whose devices all
+                # push, and are quiet now).
                 await asyncio.sleep(self._retry_s)
+                self._wake.set()
 
     async def _flush(self) -> bool:
         """Write the pending readings in batches; False when the store failed (they stay pending)."""
@@ -423,20 +456,41 @@ class Ingest:
             n = min(self._batch, self._pending_n)
             batch = self._take(n)
             try:
-                await self.store.write(batch)
+                written = await self.store.write(batch)
             except Exception as err:  # StoreError or worse: keep the batch, keep polling
                 self._pending.appendleft(batch)
                 self._pending_n += n
                 self._trim()
-                self._stats.store_errors += 1
-                self._stats.last_store_error = str(err)
+                self._write_failed(str(err))
                 log.warning("store write of %d readings failed (%d pending): %s", n, self._pending_n, err)
                 return False
-            self._stats.readings_stored += n
-            self._stats.bad_stored += batch.bad_count()
+            if written < n:
+                # The store took the first `written` (a nearly full buffer): the rest waits here.
+                stored = batch.take(written)
+                self._pending.appendleft(batch)
+                self._pending_n += n - written
+                self._note_stored(stored)
+                self._write_failed(f"the store took {written} of {n} readings (full)")
+                log.warning("store took %d of %d readings (%d pending)", written, n, self._pending_n)
+                return False
+            self._note_stored(batch)
             if self._pending_n < self._backlog_limit:
                 self._room.set()
         return True
+
+    def _note_stored(self, batch: ReadingBatch) -> None:
+        self._stats.readings_stored += len(batch)
+        self._stats.bad_stored += batch.bad_count()
+        h = self._store_health
+        h.ok, h.last_ok_at = True, utcnow()
+        h.forwarded += len(batch)
+
+    def _write_failed(self, error: str) -> None:
+        self._stats.store_errors += 1
+        self._stats.last_store_error = error
+        h = self._store_health
+        h.ok, h.last_error, h.last_error_at = False, error, utcnow()
+        h.retries += 1
 
 
 def summary(stats: IngestStats, elapsed_s: float) -> str:
@@ -450,8 +504,20 @@ def summary(stats: IngestStats, elapsed_s: float) -> str:
     return (
         f"ingest stopped after {elapsed_s:.1f} s: {stats.readings_stored} readings stored "
         f"({stats.bad_stored} bad), {stats.store_errors} store errors, {stats.backlog} not stored, "
-        f"{stats.dropped} dropped, {stats.dead_letters} dead letters; devices: {devices or 'none'}"
+        f"{stats.dropped} dropped, {stats.dead_letters} dead letters; {store_state(stats.store)}; "
+        f"devices: {devices or 'none'}"
     )
+
+
+def store_state(h: StoreHealth | None) -> str:
+    """The store's part of the summary line, e.g. ``store influxdb v1 failing: ... (1200 buffered, ...)``."""
+    if h is None:
+        return "store not opened"
+    state = "ok" if h.ok else "never written" if h.ok is None else f"failing: {h.last_error}"
+    if not h.capacity:  # written directly, no buffer
+        return f"store {h.backend} {state}"
+    return (f"store {h.backend} {state} ({h.buffered} buffered, {h.fill:.0%} full, {h.forwarded} forwarded, "
+            f"{h.retries} retries, {h.parked} parked)")
 
 
 async def run_ingest(cfg: SiteConfig, duration: float | None = None) -> IngestStats:
@@ -468,7 +534,7 @@ async def run_ingest(cfg: SiteConfig, duration: float | None = None) -> IngestSt
     try:
         async with Ingest(cfg) as ingest:
             log.info("ingest started: %d devices, %d points -> %s", len(cfg.devices), len(cfg.points()),
-                     cfg.sqlite_path())
+                     describe_store(cfg))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), duration)
     finally:
