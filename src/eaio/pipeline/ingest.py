@@ -36,9 +36,11 @@ from typing import Self
 from pydantic import BaseModel, Field
 
 from ..config import SiteConfig
-from ..models import DeadLetter, Point, Quality, Reading, ReadingBatch, Reason, to_us, utcnow
+from ..models import DeadLetter, FaultCode, Point, Quality, Reading, ReadingBatch, Reason, Severity, to_us, utcnow
 from ..protocol_adapters import Adapter, build_adapter
 from .base import Store
+from .energy import EnergyTracker
+from .events import EventBus, EventBusStats
 from .forward import StoreHealth
 from .sqlite import SqliteStore
 from .stores import describe_store, open_store
@@ -80,6 +82,7 @@ class IngestStats(BaseModel):
     dead_letters: int = Field(default=0, description="Messages that could not become readings")
     dead_letter_errors: int = Field(default=0, description="Dead letters the store failed to keep")
     store: StoreHealth | None = Field(default=None, description="How the store is doing (as of this call)")
+    events: EventBusStats | None = Field(default=None, description="The event bus (published, dropped, broker)")
     devices: dict[str, DeviceStats] = Field(default_factory=dict)
 
 
@@ -128,6 +131,12 @@ class Ingest:
         self.cfg = cfg
         self.store: Store | None = store
         self._validator = QualityValidator.from_config(cfg)
+        # Interval energy and demand, derived from counters and power points as intervals close.
+        self._energy = EnergyTracker.from_config(cfg)
+        # Readings (decimated), quality changes, faults, demand: in process, and on MQTT when configured.
+        self.events = EventBus.from_config(cfg)
+        self._store_ok: bool | None = None
+        self._store_near_full = False
         self._stale = StaleState()
         self._groups = poll_groups(cfg)
         self._batch = cfg.ingest.batch_size
@@ -157,6 +166,9 @@ class Ingest:
     async def __aenter__(self) -> Self:
         self._wake = asyncio.Event()  # before the adapters: a pushed batch may come as they connect
         try:
+            # The bus first on the store's stack: it is closed last, after the final flush, so the
+            # adapters' last batches and the store's last state still reach it.
+            await self._store_stack.enter_async_context(self.events)
             if self.store is None:
                 self.store = await self._store_stack.enter_async_context(open_store(self.cfg))
             for proto in self.cfg.protocols():
@@ -255,6 +267,7 @@ class Ingest:
         s = self._stats.model_copy(deep=True)
         s.backlog = self._pending_n
         s.store = self.store_health()
+        s.events = self.events.stats()
         return s
 
     def store_health(self) -> StoreHealth:
@@ -270,11 +283,20 @@ class Ingest:
                 self._tasks.append(asyncio.create_task(self._health_loop(adapter), name=f"ingest-health-{proto}"))
             elif hasattr(adapter, "pushed"):
                 await adapter.subscribe(points, self._on_pushed)
+        self._tasks.append(asyncio.create_task(self._store_watch(), name="ingest-store-watch"))
+
+    def _derive_and_publish(self, batch: ReadingBatch) -> None:
+        """After validation: add the energy intervals that just closed, then publish the events."""
+        derived = self._energy.observe(batch)
+        if len(derived):
+            batch.extend(derived)
+        self.events.observe(batch)
 
     async def _on_pushed(self, batch: ReadingBatch) -> None:
         """A batch from a pushing adapter: validate and queue, as a poll would."""
         now = utcnow()
         self._validator.validate_batch(batch, to_us(now), self._stale)
+        self._derive_and_publish(batch)
         # Counted per device per batch: a stats model's attribute update per reading would cost
         # about as much as validating it.
         for device_id, n in Counter(batch.device_id).items():
@@ -328,10 +350,48 @@ class Ingest:
         error = h.get("last_error")
         if ok and ds.last_ok is False:
             log.info("device %s connected again", ds.device_id)
+            self._device_fault(ds.device_id, None)
         elif not ok and ds.last_ok is not False:
             log.warning("device %s not connected: %s", ds.device_id, error or "connecting")
             ds.last_error, ds.last_error_at = str(error or "not connected"), utcnow()
+            self._device_fault(ds.device_id, ds.last_error)
         ds.last_ok = ok
+
+    def _device_fault(self, device_id: str, error: str | None) -> None:
+        """A device went offline (error) or came back (None): a fault event for agents and dashboards."""
+        if error is None:
+            self.events.fault(device_id, f"{device_id} answers again", Severity.INFO,
+                              code=FaultCode.DEVICE_ONLINE, device_id=device_id)
+        else:
+            self.events.fault(device_id, f"{device_id} is offline: {error}", Severity.WARNING,
+                              code=FaultCode.DEVICE_OFFLINE, device_id=device_id)
+
+    async def _store_watch(self) -> None:
+        """Store failures and a filling buffer as fault events, on each change of state."""
+        while True:
+            try:
+                self._note_store(self.store_health())
+            except Exception:  # a bug here must not end the watch
+                log.exception("store health check failed")
+            await asyncio.sleep(HEALTH_EVERY_S)
+
+    def _note_store(self, h: StoreHealth) -> None:
+        if h.ok is not None and h.ok != self._store_ok:
+            if not h.ok:
+                self.events.fault("store", f"store writes fail ({h.backend}): {h.last_error}", Severity.CRITICAL
+                                  if h.capacity == 0 else Severity.WARNING, code=FaultCode.STORE_FAILING)
+            elif self._store_ok is False:
+                self.events.fault("store", f"store writes succeed again ({h.backend})", Severity.INFO,
+                                  code=FaultCode.STORE_RECOVERED)
+            self._store_ok = h.ok
+        if h.near_full != self._store_near_full:
+            if h.near_full:
+                self.events.fault("store", f"buffer {h.fill:.0%} full ({h.buffered} readings wait for {h.backend})",
+                                  Severity.WARNING, code=FaultCode.BUFFER_HIGH, value=round(h.fill * 100, 1), unit="%")
+            else:
+                self.events.fault("store", f"buffer below 80% ({h.buffered} readings)", Severity.INFO,
+                                  code=FaultCode.BUFFER_OK, value=round(h.fill * 100, 1), unit="%")
+            self._store_near_full = h.near_full
 
     # -- polling ---------------------------------------------------------------------------
     async def _poll_loop(self, group: PollGroup) -> None:
@@ -372,7 +432,9 @@ class Ingest:
             readings = failed_readings(points, f"protocol_error: {type(err).__name__}: {err}")
         self._validator.validate(readings, utcnow(), self._stale)
         self._note_poll(group.device_id, readings)
-        self._enqueue(ReadingBatch.from_readings(readings))
+        batch = ReadingBatch.from_readings(readings)
+        self._derive_and_publish(batch)
+        self._enqueue(batch)
         return readings
 
     def _note_poll(self, device_id: str, readings: list[Reading]) -> None:
@@ -383,10 +445,12 @@ class Ingest:
         if failure is None:
             if ds.last_ok is False:
                 log.info("device %s answers again", device_id)
+                self._device_fault(device_id, None)
             ds.last_ok = True
             return
         if ds.last_ok is not False:
             log.warning("device %s failed: %s", device_id, failure.detail or "comm_failure")
+            self._device_fault(device_id, failure.detail or Reason.COMM_FAILURE.value)
         ds.failed_polls += 1
         ds.last_ok = False
         ds.last_error = failure.detail or Reason.COMM_FAILURE.value
