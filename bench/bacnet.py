@@ -9,8 +9,15 @@ points at the device's default ``rpm_batch`` (25 objects: present-value and stat
 quality comes with every value). The raw client asks present-value only. Rounds are interleaved and
 each side reports its median.
 
-``python -m bench.bacnet --serve SITE`` is the child: it serves SITE until stdin closes and answers
-``count`` with the device's request count.
+The sim's face answers RPM with its own fast encoder (``sim/faces/bacnet_fast``), which a real
+controller does not have. So each round also reads the 200 points from the same device with that
+switched off (``fast_rpm = False``: stock bacpypes3 builds every answer), as a device running stock
+bacpypes3 would answer: ``stock_device`` holds those figures and their ratio to the same raw
+ReadProperty reads.
+
+``python -m bench.bacnet --serve SITE`` is the child: it serves SITE until stdin closes, answers
+``count`` with the device's request count, and ``stock`` / ``fast`` (answered ``ok``) switch its RPM
+responder.
 """
 
 from __future__ import annotations
@@ -86,9 +93,14 @@ async def _serve(site: Path) -> None:
         for i in range(1, N_POINTS + 1):
             sim.set_value(f"bench.p{i:03d}", value_of(i))
         print(f"ready fast={device_fast.ready()}", flush=True)
+        face: Any = sim.faces[DEVICE]
         while line := await loop.run_in_executor(None, sys.stdin.readline):
-            if line.strip() == "count":
+            command = line.strip()
+            if command == "count":
                 print(sim.request_count(DEVICE), flush=True)
+            elif command in ("stock", "fast"):
+                face.fast_rpm = command == "fast"
+                print("ok", flush=True)
 
 
 @contextmanager
@@ -112,11 +124,22 @@ def _device(site: Path) -> Iterator[subprocess.Popen[str]]:
             proc.wait()
 
 
-def _count(proc: subprocess.Popen[str]) -> int:
+def _ask(proc: subprocess.Popen[str], command: str) -> str:
     assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write("count\n")
+    proc.stdin.write(f"{command}\n")
     proc.stdin.flush()
-    return int(proc.stdout.readline())
+    return proc.stdout.readline().strip()
+
+
+def _count(proc: subprocess.Popen[str]) -> int:
+    return int(_ask(proc, "count"))
+
+
+def _responder(proc: subprocess.Popen[str], fast: bool) -> None:
+    """Switch the device's RPM responder; returns once the device has switched."""
+    answer = _ask(proc, "fast" if fast else "stock")
+    if answer != "ok":
+        raise RuntimeError(f"the BACnet sim did not switch its RPM responder: {answer!r}")
 
 
 # -- the two readers --------------------------------------------------------------------------
@@ -158,6 +181,7 @@ def run() -> dict[str, Any]:
             async def both() -> dict[str, Any]:
                 raw_t: list[float] = []
                 eaio_t: list[float] = []
+                stock_t: list[float] = []  # EAIO against the device answering with stock bacpypes3
                 raw_app = await _raw_client()
                 try:
                     async with BacnetAdapter(cfg.devices_for("bacnet"), local=cfg.bacnet, role="bench") as adapter:
@@ -169,15 +193,25 @@ def run() -> dict[str, Any]:
                         before = _count(proc)
                         raw_t.append(await _raw(raw_app, peer))
                         raw_n = _count(proc) - before
-                        for _ in range(ROUNDS - 1):  # interleaved, so load on the machine hits both alike
+                        _responder(proc, fast=False)
+                        await _eaio(adapter)  # the stock responder's first answers settle outside the timing
+                        before = _count(proc)
+                        stock_t.append(await _eaio(adapter))
+                        stock_n = _count(proc) - before
+                        _responder(proc, fast=True)
+                        for _ in range(ROUNDS - 1):  # interleaved, so load on the machine hits all alike
                             eaio_t.append(await _eaio(adapter))
                             raw_t.append(await _raw(raw_app, peer))
+                            _responder(proc, fast=False)
+                            stock_t.append(await _eaio(adapter))
+                            _responder(proc, fast=True)
                         fast = bacnet_fast.usable()
                         batch = cfg.devices_for("bacnet")[0].connection.rpm_batch
                 finally:
                     raw_app.close()
                     await asyncio.sleep(0)
                 raw_ms, eaio_ms = statistics.median(raw_t) * 1e3, statistics.median(eaio_t) * 1e3
+                stock_ms = statistics.median(stock_t) * 1e3
                 return {
                     "points": N_POINTS,
                     "rounds": ROUNDS,
@@ -195,6 +229,14 @@ def run() -> dict[str, Any]:
                     "fast_rpm_adapter": fast,
                     "fast_rpm_device": getattr(proc, "fast", None),
                     "target": ">= 10x",
+                    # The same reads from the device with its fast RPM responder off (stock bacpypes3).
+                    "stock_device": {
+                        "eaio_ms": stock_ms,
+                        "eaio_min_ms": min(stock_t) * 1e3,
+                        "eaio_requests": stock_n,
+                        "speedup": raw_ms / stock_ms,
+                        "device_cost_ratio": stock_ms / eaio_ms,  # how much slower the stock device answers
+                    },
                 }
 
             return asyncio.run(both())

@@ -1,5 +1,10 @@
 """The BACnet adapter on the wire: against the virtual building's BACnet face (zone4-vav, a
-bacpypes3 device on 127.0.0.1), with the adapter's own application on a free UDP port."""
+bacpypes3 device on 127.0.0.1), with the adapter's own application on a free UDP port.
+
+The device listens on a free UDP port that ``site_file`` picks, not on BACnet's 47808: test
+modules run in parallel (and next to a running demo), and two devices cannot share one port on one
+address, so a fixed port would make them fail each other. 47808 itself is exercised by
+test_bacnet_netns, inside private network namespaces where nothing else can hold it."""
 
 from __future__ import annotations
 
@@ -108,6 +113,10 @@ async def test_device_without_rpm_is_read_property_by_property(building: Buildin
         before = sim.request_count(DEVICE)
         await a.read(points(cfg))
         assert sim.request_count(DEVICE) - before == 2 * len(ZONE4)  # present-value and status-flags each
+        # limits() without RPM: one ReadProperty per property, the same answer as with RPM.
+        by_id = {p.id: p for p in points(cfg)}
+        assert await a.limits(by_id["zone4.temp"]) == {"eu_range": [5.0, 40.0], "unit": "degC"}
+        assert await a.limits(by_id["zone4.occ_start"]) == {"eu_range": None, "unit": "h"}
 
 
 async def test_small_apdu_without_segmentation_splits_the_batches(building: Building) -> None:
@@ -147,6 +156,37 @@ async def test_write_priority_array_and_relinquish(building: Building) -> None:
         await eventually(lambda: same(sim.value(sp.id), original), 5)
         (r,) = await a.read([sp])
         assert same(r.value, original)
+
+
+async def test_limits_come_from_the_objects_units_and_present_value_range(building: Building) -> None:
+    sim, cfg = building()
+    by_id = {p.id: p for p in points(cfg)}
+    ghost = BacnetPoint.model_validate({"id": "zone4.ghost", "device_id": DEVICE,
+                                        "address": {"type": "analog-value", "instance": 99}})
+    async with adapter(cfg) as a:
+        # The sim serves each analog point's unit, and min-/max-pres-value from its limits.
+        for pid in ("zone4.temp", "zone4.cool_sp", "zone4.damper", "zone4.reheat"):
+            lim = by_id[pid].limits
+            assert lim is not None
+            assert await a.limits(by_id[pid]) == {"eu_range": [lim.low, lim.high], "unit": by_id[pid].unit}, pid
+        assert await a.limits(by_id["zone4.occ_start"]) == {"eu_range": None, "unit": "h"}  # no limits: no range
+        before = sim.request_count(DEVICE)
+        assert await a.limits(by_id["zone4.occ"]) == {"eu_range": None, "unit": None}  # binary: neither
+        assert sim.request_count(DEVICE) == before  # and nothing was asked
+        with pytest.raises(DeviceError) as info:
+            await a.limits(ghost)
+        assert (info.value.code, info.value.point) == ("invalid_argument", "zone4.ghost")
+        assert "no object analog-value,99" in str(info.value)
+
+        sim.inject(SimFaultSpec(kind="offline", target=DEVICE))
+        with pytest.raises(DeviceError) as info:
+            await a.limits(by_id["zone4.temp"])
+        assert info.value.code == "device_offline"
+        requests = a.request_count()
+        with pytest.raises(DeviceError) as info:  # known to be gone: not asked again
+            await a.limits(by_id["zone4.damper"])
+        assert info.value.code == "device_offline"
+        assert a.request_count() == requests
 
 
 async def test_write_errors(building: Building) -> None:
@@ -258,6 +298,34 @@ async def test_cov_pushes_changes_and_resubscribes_after_an_outage(building: Bui
         await eventually(lambda: len(a.pushed(pts)) == len(ZONE4), 10)  # subscribed anew by the probe
         sim.set_value("zone4.temp", 26.5)
         await eventually(lambda: seen("zone4.temp", 26.5), 5)
+
+
+async def test_a_device_without_cov_leaves_its_points_to_polling(building: Building,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    sim, cfg = building(no_cov=[DEVICE])  # SubscribeCOV answers Reject unrecognized-service
+    got: list[ReadingBatch] = []
+
+    async def collect(batch: ReadingBatch) -> None:
+        got.append(batch)
+
+    pts = points(cfg)
+    caplog.set_level("INFO", logger="eaio.protocol_adapters.bacnet_cov")
+    async with adapter(cfg) as a:
+        await a.subscribe(pts, collect)  # returns once each subscription was tried (and refused)
+        assert a.pushed(pts) == []
+        health = a.health()[0]
+        assert (health["cov_subscriptions"], health["cov_refused"], health["online"]) == (0, len(ZONE4), True)
+        said = [r.getMessage() for r in caplog.records if "SubscribeCOV" in r.getMessage()]
+        assert len(said) == 1, said  # one line for the device, not one per point
+        assert "refuses SubscribeCOV" in said[0], said
+        assert "unrecognized-service" in said[0], said
+        before = sim.request_count(DEVICE)
+        await a.subscribe(pts, collect)  # known now: not asked again
+        assert sim.request_count(DEVICE) == before
+        assert a.pushed(pts) == []
+        readings = await a.read(pts)  # what ingest then does: poll them
+        assert all(r.quality == Quality.GOOD for r in readings), [(r.point_id, r.detail) for r in readings]
+        assert got == []
 
 
 async def test_cov_subscriptions_are_renewed_before_they_lapse(building: Building) -> None:

@@ -5,6 +5,11 @@ side (``sim.faces.bacnet_fast``: answers written straight to bytes) are each com
 own path on the same requests: the zone4 controller of the example site and a 200-object device,
 with faults, out-of-service and in-alarm objects, unknown objects and properties, arrays, and answers
 long enough to be segmented. The physics steps once a minute here, so values hold still between reads.
+
+The devices listen on free UDP ports (``site_file``, ``free_port``), not on BACnet's 47808: test
+modules run in parallel (and next to a running demo), and two devices cannot share one port on one
+address, so a fixed port would make them fail each other. 47808 itself is exercised by
+test_bacnet_netns, inside private network namespaces where nothing else can hold it.
 """
 
 from __future__ import annotations

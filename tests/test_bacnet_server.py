@@ -1,5 +1,10 @@
 """The BACnet MCP server on the wire: a real `eaio serve bacnet` child against the sim's BACnet
-face (a bacpypes3 device on 127.0.0.1), driven by the real `mcp` Client over stdio."""
+face (a bacpypes3 device on 127.0.0.1), driven by the real `mcp` Client over stdio.
+
+The device listens on a free UDP port that ``site_file`` picks, not on BACnet's 47808: test
+modules run in parallel (and next to a running demo), and two devices cannot share one port on one
+address, so a fixed port would make them fail each other. 47808 itself is exercised by
+test_bacnet_netns, inside private network namespaces where nothing else can hold it."""
 
 from __future__ import annotations
 

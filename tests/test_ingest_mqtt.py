@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from eaio.config import SiteConfig
+from eaio.config import SiteConfig, load_config
 from eaio.models import Quality, Reading, utcnow
 from eaio.pipeline import SqliteStore
 from eaio.pipeline.ingest import Ingest, poll_groups
@@ -86,29 +87,62 @@ async def test_malformed_messages_become_dead_letters_and_ingest_goes_on(
     site_file: Callable[..., Path], mosquitto: Any
 ) -> None:
     cfg = site(site_file, mosquitto.port)
-    bad = {
-        f"{PREFIX}/iot/zone1/env": b"{not json",
-        f"{PREFIX}/meters/plugs/power": b'{"kw": "lots"}',
-        f"{PREFIX}/meters/elevator/power": b'{"kw": 3.0}',  # matches the filter, maps to no point
+    limit = cfg.devices_for("mqtt")[0].connection.max_payload_bytes
+    # A valid message, but one byte per byte too many: it is not even parsed.
+    huge = b'{"kw": 1.0, "pad": "' + b"x" * limit + b'"}'
+    bad = {  # topic -> (payload, reason)
+        f"{PREFIX}/iot/zone1/env": (b"{not json", "malformed"),
+        f"{PREFIX}/meters/plugs/power": (b'{"kw": "lots"}', "not_a_number"),
+        f"{PREFIX}/meters/elevator/power": (b'{"kw": 3.0}', "unmapped"),  # matches the filter, maps to no point
+        f"{PREFIX}/meters/lighting/power": (huge, "too_large"),
     }
     with SimThread(cfg):
         async with SqliteStore.from_config(cfg) as store, Ingest(cfg, store=store) as ingest:
             await until(lambda: _all(store, ["zone1.co2"]), "the first IoT reading")
-            for topic, payload in bad.items():
+            for topic, (payload, _) in bad.items():
                 publish(mosquitto.port, topic, payload)
-            letters = await until(lambda: _letters(cfg, 3), "three dead letters")
-            by_payload = {p: (s, r) for s, r, p in letters}
-            assert set(by_payload) == set(bad.values())
-            for topic, payload in bad.items():
-                source, reason = by_payload[payload]
-                assert source == f"mqtt:iot-gw:{topic}"
-                assert reason
-            assert by_payload[b"{not json"][1] == "malformed"
-            assert by_payload[b'{"kw": 3.0}'][1] == "unmapped"
-            assert ingest.stats().dead_letters == 3
+            letters = await until(lambda: _letters(cfg, len(bad)), f"{len(bad)} dead letters")
+            by_source = {s: (r, p) for s, r, p in letters}
+            assert set(by_source) == {f"mqtt:iot-gw:{topic}" for topic in bad}
+            for topic, (payload, want) in bad.items():
+                reason, kept = by_source[f"mqtt:iot-gw:{topic}"]
+                assert reason == want, (topic, reason)
+                assert kept == payload[:limit], topic  # the raw bytes (an oversized one up to the limit)
+            assert len(by_source[f"mqtt:iot-gw:{PREFIX}/meters/lighting/power"][1]) == limit
+            assert ingest.stats().dead_letters == len(bad)
             # Ingest goes on: fresh IoT readings keep arriving after the bad ones.
             since = utcnow()
             await until(lambda: _newer(store, "zone1.co2", since), "an IoT reading after the dead letters")
+
+
+@pytest.mark.anyio
+async def test_bool_payloads_reach_the_store_as_bools(site_file: Callable[..., Path], mosquitto: Any) -> None:
+    """A binary point whose messages are a bare word or digit ("true", "0", "on"), as many
+    occupancy sensors send; a point of its own, so that the sim's JSON occupancy does not mix in."""
+    base = site(site_file, mosquitto.port)
+    raw = base.model_dump(mode="json", exclude={"source"})
+    for dev in raw["devices"]:
+        for p in dev["points"]:
+            p.pop("device_id", None)
+        if dev["id"] == "iot-gw":
+            dev["subscriptions"].append({"topic": f"{PREFIX}/iot/lobby/occupancy", "format": "number",
+                                         "point": "lobby.occ"})
+            dev["points"].append({"id": "lobby.occ", "kind": "occupancy", "value_type": "bool"})
+    assert base.source is not None
+    base.source.write_text(json.dumps(raw))
+    cfg = load_config(base.source)
+    sent = [(b"true", True), (b"0", False), (b"on", True), (b"1", True), (b"false", False)]
+    with SimThread(cfg):
+        async with SqliteStore.from_config(cfg) as store, Ingest(cfg, store=store):
+            await until(lambda: _all(store, ["zone1.co2"]), "the first IoT reading")  # subscribed
+            since = utcnow()
+            for payload, _ in sent:
+                publish(mosquitto.port, f"{PREFIX}/iot/lobby/occupancy", payload)  # QoS 1, in order
+            rows = await until(lambda: _history(store, "lobby.occ", since, len(sent)), "every occupancy message")
+            assert [r.value for r in rows] == [want for _, want in sent]
+            assert all(isinstance(r.value, bool) and r.quality == Quality.GOOD for r in rows), rows
+            assert rows[0].device_id == "iot-gw"
+            assert dead_letters(cfg) == []
 
 
 @pytest.mark.anyio
@@ -132,6 +166,11 @@ async def _all(store: SqliteStore, ids: list[str]) -> dict[str, Reading] | None:
 async def _newer(store: SqliteStore, point_id: str, since: Any) -> bool:
     got = await latest(store, [point_id])
     return point_id in got and got[point_id].ts > since
+
+
+async def _history(store: SqliteStore, point_id: str, since: Any, n: int) -> list[Reading] | None:
+    rows = await store.history(point_id, since, utcnow())
+    return rows if len(rows) >= n else None
 
 
 async def _letters(cfg: SiteConfig, n: int) -> list[tuple[str, str, bytes]] | None:

@@ -1,5 +1,9 @@
 """Ingest of devices that push changes (BACnet COV, OPC-UA data-change subscriptions): pushed
-while subscribed, polled when not — through an outage and back."""
+while subscribed, polled when not — through an outage and back; and the limits and units servers
+publish filling what the site file leaves out.
+
+The BACnet device (the sim's face) listens on a free UDP port that ``site_file`` picks, not on
+47808, so that test modules running in parallel never share a port; test_bacnet_netns covers 47808."""
 
 from __future__ import annotations
 
@@ -99,14 +103,24 @@ async def _good_since(store: SqliteStore, point_id: str, since: Any) -> bool:
     return any(r.quality == Quality.GOOD for r in rows)
 
 
-async def test_an_opcua_servers_range_and_unit_fill_what_the_site_file_leaves_out(
-        site_file: Callable[..., Path]) -> None:
-    served = load_config(site_file(opcua=True))  # the sim publishes EURange and units from this one
+# protocol -> (a point whose limits and unit ingest's site file leaves out, a value beyond the
+# server's range, the unit the server reports): OPC-UA's EURange and EngineeringUnits; BACnet's
+# max-pres-value and units.
+SERVED_LIMITS = {"opcua": ("chw.dp_sp", 250.0, "kPa"), "bacnet": ("zone4.cool_sp", 40.0, "degC")}
+
+
+@pytest.mark.parametrize("protocol", sorted(SERVED_LIMITS))
+async def test_a_servers_range_and_unit_fill_what_the_site_file_leaves_out(
+        protocol: str, site_file: Callable[..., Path]) -> None:
+    point_id, beyond, unit = SERVED_LIMITS[protocol]
+    served = load_config(site_file(**{protocol: True}))  # the sim serves range and unit from this one
     raw = served.model_dump(mode="json", exclude={"source"})
-    raw["devices"] = [d for d in raw["devices"] if d["protocol"] == "opcua"]
+    raw["devices"] = [d for d in raw["devices"] if d["protocol"] == protocol]
     for p in raw["devices"][0]["points"]:
         p.pop("device_id", None)
-        if p["id"] == "chw.dp_sp":
+        if p["id"] == point_id:
+            assert p["limits"]["high"] < beyond  # what the server will say
+            assert p["unit"] == unit
             p["limits"], p["unit"] = None, ""  # ingest's copy of the site knows neither
     assert served.source is not None
     bare_path = served.source.with_name("bare.yaml")
@@ -114,8 +128,27 @@ async def test_an_opcua_servers_range_and_unit_fill_what_the_site_file_leaves_ou
     bare = load_config(bare_path)
     with SimThread(served) as sim:
         async with SqliteStore.from_config(bare) as store, Ingest(bare, store=store) as ingest:
-            assert ingest._validator.rule("chw.dp_sp") is not None
-            sim.set_value("chw.dp_sp", 250.0)  # beyond the server's EURange high of 200
-            await until(lambda: _latest_is(store, "chw.dp_sp", 250.0), "the out-of-range value stored")
-            (latest,) = await store.latest(["chw.dp_sp"])
-            assert (latest.quality, latest.reasons, latest.unit) == (Quality.BAD, ["range_high"], "kPa")
+            assert ingest._validator.rule(point_id) is not None
+            sim.set_value(point_id, beyond)  # beyond the server's range
+            await until(lambda: _latest_is(store, point_id, beyond), "the out-of-range value stored")
+            (latest,) = await store.latest([point_id])
+            assert (latest.quality, latest.reasons, latest.unit) == (Quality.BAD, ["range_high"], unit)
+
+
+async def test_a_bacnet_device_without_cov_is_polled_into_the_store(site_file: Callable[..., Path]) -> None:
+    cfg = load_config(site_file(bacnet=True, sim={"bacnet": {"no_cov": ["zone4-vav"]}}))
+    cfg.devices = [d for d in cfg.devices if d.protocol == "bacnet"]
+    (dev,) = cfg.devices
+    assert dev.connection.cov  # the site wants COV; the device refuses it
+    dev.poll_interval_s = 0.3
+    cfg.ingest.flush_interval_s = 0.05
+    ids = [p.id for p in cfg.points()]
+    with SimThread(cfg) as sim:
+        async with SqliteStore.from_config(cfg) as store, Ingest(cfg, store=store) as ingest:
+            await until(lambda: _all_stored(store, ids), "every point in the store")
+            adapter: Any = ingest._adapters["bacnet"]
+            assert adapter.pushed(cfg.points()) == []
+            assert adapter.health()[0]["cov_refused"] == len(ids)
+            sim.set_value("zone4.cool_sp", 24.5)  # a change reaches the store by polling alone
+            await until(lambda: _latest_is(store, "zone4.cool_sp", 24.5), "the polled change")
+            assert ingest.stats().devices["zone4-vav"].pushed == 0

@@ -1,4 +1,9 @@
-"""The sim's BACnet/IP face over loopback, read, written and subscribed with a raw bacpypes3 client."""
+"""The sim's BACnet/IP face over loopback, read, written and subscribed with a raw bacpypes3 client.
+
+The device listens on a free UDP port that ``site_file`` picks, not on BACnet's 47808: test
+modules run in parallel (and next to a running demo), and two devices cannot share one port on one
+address, so a fixed port would make them fail each other. 47808 itself is exercised by
+test_bacnet_netns, inside private network namespaces where nothing else can hold it."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import anyio.lowlevel
 import pytest
 from bacpypes3.apdu import AbortPDU, ErrorRejectAbortNack, RejectPDU
 from bacpypes3.app import Application
-from bacpypes3.basetypes import ErrorCode, PropertyIdentifier, Reliability
+from bacpypes3.basetypes import ErrorCode, ErrorType, PropertyIdentifier, Reliability
 from bacpypes3.local.device import DeviceObject
 from bacpypes3.local.networkport import NetworkPortObject
 from bacpypes3.pdu import Address
@@ -247,6 +252,37 @@ async def test_no_rpm_device_and_other_object_types(site_file: Callable[..., Pat
                 pid = str(await cli.read_property(addr, objid, "object-name"))
                 assert sim.true_value(pid) == expect, objid
             assert await cli.read_property(addr, "multi-state-value,1", "number-of-states") == 4
+
+
+async def test_no_cov_device_rejects_subscribe_cov(site_file: Callable[..., Path]) -> None:
+    cfg = load_config(site_file(bacnet=True, sim={"bacnet": {"no_cov": [DEVICE]}}))
+    with SimThread(cfg) as sim:
+        async with client(cfg) as (cli, addr):
+            with pytest.raises(RejectPDU) as err:
+                async with cli.change_of_value(addr, ObjectIdentifier("analog-input,1"), None, False, 60):
+                    pass
+            assert str(err.value.apduAbortRejectReason) == "unrecognized-service"
+            services = await cli.read_property(addr, "device,1004", "protocol-services-supported")
+            assert (services[services.subscribeCOV], services[services.subscribeCOVProperty]) == (0, 0)
+            assert (services[services.readPropertyMultiple], services[services.readProperty]) == (1, 1)
+            value = await cli.read_property(addr, "analog-input,1", "present-value")  # reads go on as usual
+            assert value == pytest.approx(sim.value("zone4.temp"), abs=0.3)
+
+
+async def test_analog_objects_serve_units_and_their_limits_as_present_value_range(bsite: SiteConfig,
+                                                                                  bsim: SimThread) -> None:
+    async with client(bsite) as (cli, addr):
+        for p in device_of(bsite).points:
+            if not p.address.type.startswith("analog"):
+                continue
+            request = [p.address.object_id, ["units", "min-pres-value", "max-pres-value"]]
+            got = {str(prop): v for _, prop, _, v in await cli.read_property_multiple(addr, request)}
+            assert str(got["units"]) == _kebab(to_bacnet(p.unit)), p.id
+            if p.limits is not None and p.limits.low is not None and p.limits.high is not None:
+                assert (got["min-pres-value"], got["max-pres-value"]) == (p.limits.low, p.limits.high), p.id
+            else:  # no limits: the object has no range to give
+                assert isinstance(got["min-pres-value"], ErrorType), p.id
+                assert str(got["min-pres-value"].errorCode) == "unknown-property", p.id
 
 
 async def test_port_in_use_is_refused(bsite: SiteConfig) -> None:

@@ -113,7 +113,8 @@ class BacnetAdapter(ConfiguredPoints[BacnetDevice, BacnetPoint]):
     # -- what it serves -----------------------------------------------------------------------
     def health(self) -> list[dict[str, object]]:
         """Per device: device_id, address, online (None until its first request), last_error,
-        requests, failures, rpm, cov_subscriptions, breaker, max_apdu, segmentation, last_ok."""
+        requests, failures, rpm, cov_subscriptions, cov_refused (points whose subscription the device
+        refused: they are polled), breaker, max_apdu, segmentation, last_ok."""
         return [link.health() for link in self._links.values()]
 
     def request_count(self) -> int:
@@ -367,6 +368,19 @@ class BacnetAdapter(ConfiguredPoints[BacnetDevice, BacnetPoint]):
         "present_value", "active_priority" (the highest commanding slot, None if none)}. Raises DeviceError."""
         bp = self._known(point)
         return await raw.read_priority_array(self.app, self._links[bp.device_id], bp)
+
+    async def limits(self, point: Point) -> dict[str, Any]:
+        """{eu_range: [low, high] | None, unit: str | None} from the object's units and its
+        min-pres-value/max-pres-value (the OPC-UA adapter's ``limits``: ingest fills what the
+        site file leaves out). Raises DeviceError (unknown_point, invalid_argument, device_offline: at
+        once for a device whose last request went unanswered)."""
+        bp = self._known(point)
+        link = self._links[bp.device_id]
+        if link.online is False:
+            # Ingest asks this once per point at start: a dead device costs one timeout, not one per point.
+            raise DeviceError(f"{link.where}: offline ({link.last_error})", code="device_offline",
+                              device=bp.device_id, point=bp.id)
+        return await raw.limits(self.app, link, bp)
 
     # -- helpers ------------------------------------------------------------------------------
     def _link(self, device_id: str) -> Link:

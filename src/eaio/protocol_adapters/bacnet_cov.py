@@ -7,7 +7,9 @@ timer of its own, but a renewal that fails there is never heard of, and it bypas
 limit of outstanding requests. So the context manager's timer is cancelled after each
 (re)subscription and renewals go through ``Link.call`` like every other request.
 
-A point whose subscription the device refuses is left to polling for good; one whose device
+A point whose subscription the device refuses is left to polling for good (counted in the
+device's health as ``cov_refused``; a device that rejects the service itself, unrecognized-service,
+is logged once, and points subscribed after that are not tried); one whose device
 stops answering leaves ``pushed()`` until the device answers again (a poll, or the probe that
 one waiting task makes every ``breaker_reset_s``), then subscribes anew: a device that restarted
 has forgotten its subscriptions.
@@ -41,9 +43,9 @@ _UNSUBSCRIBE_S = 1.0  # longest a closing adapter waits to cancel its subscripti
 
 
 def wants_cov(point: BacnetPoint, link: Link) -> bool:
-    """COV is for present-values (what notifications carry) of devices that do it."""
+    """COV is for present-values (what notifications carry); the device may still refuse it."""
     wanted = point.cov if point.cov is not None else link.device.connection.cov
-    return wanted and point.address.property == "present-value" and not link.cov_refused
+    return wanted and point.address.property == "present-value"
 
 
 class CovHub:
@@ -67,6 +69,9 @@ class CovHub:
         for p in points:
             link = self._links[p.device_id]
             if not wants_cov(p, link):
+                continue
+            if link.cov_refused:  # the device said it does not do COV: not asked again
+                link.cov_refused_points.add(p.id)
                 continue
             if p.id not in self._tasks:
                 self._first[p.id] = loop.create_future()
@@ -225,8 +230,13 @@ class CovHub:
             await scm.__aexit__(CommFailure, CommFailure("abandoned"), None)
 
     def _refused(self, link: Link, point: BacnetPoint, err: Exception) -> None:
+        link.cov_refused_points.add(point.id)
         if isinstance(err, Refused) and err.name == "unrecognized-service":
-            link.cov_refused = True
+            # The device does not do COV at all: said once, and points subscribed later are not tried.
+            if not link.cov_refused:
+                link.cov_refused = True
+                log.warning("bacnet %s: the device refuses SubscribeCOV (%s); its points are polled", link.where, err)
+            return
         log.info("bacnet %s: no COV for %s (%s); it is polled", link.device.id, point.id, err)
 
     def _tried(self, point: BacnetPoint) -> None:

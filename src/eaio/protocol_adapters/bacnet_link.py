@@ -90,6 +90,7 @@ class Link:
         self.last_ok: datetime | None = None
         self.rpm = conn.rpm  # False once the device refused ReadPropertyMultiple
         self.cov_refused = False  # the device does not do SubscribeCOV at all
+        self.cov_refused_points: set[str] = set()  # point ids whose subscription the device refused
         # What the device accepts: the site file's word first, else its I-Am's.
         self.max_apdu: int | None = conn.max_apdu
         self.segmented: bool | None = conn.segmentation
@@ -113,6 +114,9 @@ class Link:
         self.back_online = asyncio.Event()
         self.went_offline = asyncio.Event()
         self.cov_active.clear()
+        # A new start asks again: the device may have been given COV (or replaced) meanwhile.
+        self.cov_refused = False
+        self.cov_refused_points.clear()
 
     def learn(self, max_apdu: int, segmentation: str) -> None:
         """Take the device's limits from its I-Am, unless the site file gave them."""
@@ -192,6 +196,7 @@ class Link:
             "failures": self.failures,
             "rpm": self.rpm,
             "cov_subscriptions": len(self.cov_active),
+            "cov_refused": len(self.cov_refused_points),
             "breaker": self.breaker.state,
             "max_apdu": self.max_apdu,
             "segmentation": self.segmented,

@@ -8,6 +8,7 @@ adapter's polls, so a tool call cannot overrun a device the poller is also talki
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -23,7 +24,7 @@ from .bacnet_link import CommFailure, Invalid, Link, Refused
 from .bacnet_read import objects_per_request, plain, point_value, priority_slots
 from .bacnet_units import from_bacnet
 
-__all__ = ["device_error", "list_objects", "read_priority_array", "read_property", "who_is"]
+__all__ = ["device_error", "limits", "list_objects", "read_priority_array", "read_property", "who_is"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -228,3 +229,71 @@ async def read_priority_array(app: Application, link: Link, bp: BacnetPoint) -> 
         "present_value": value_of("present-value"),
         "active_priority": slots[0]["priority"] if slots else None,
     }
+
+
+# What limits() asks of an object: its units, and the range its present-value keeps to.
+_RANGE = ("min-pres-value", "max-pres-value")
+
+
+async def limits(app: Application, link: Link, bp: BacnetPoint) -> dict[str, Any]:
+    """{"eu_range": [low, high] | None, "unit": str | None} from the object's ``units`` and (for a
+    present-value point) its ``min-pres-value``/``max-pres-value``; None for what the object does
+    not have. Binary objects have neither, and are not asked."""
+    out: dict[str, Any] = {"eu_range": None, "unit": None}
+    if bp.is_binary:
+        return out
+    props = ["units", *(_RANGE if bp.address.property == "present-value" else ())]
+    values = await _object_properties(app, link, bp, props)
+    units = values.get("units")
+    if units is not None:
+        out["unit"] = from_bacnet(units) or None  # noUnits says there is none
+    low, high = (_number(values.get(p)) for p in _RANGE)
+    if low is not None and high is not None and low <= high:
+        out["eu_range"] = [low, high]
+    return out
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+async def _object_properties(app: Application, link: Link, bp: BacnetPoint, props: list[str]) -> dict[str, Any]:
+    """The properties the object has, by name (one RPM when the device takes it, else one
+    ReadProperty each). A property it lacks is left out; an object it lacks, or a device that is
+    gone, raises DeviceError."""
+    oid = bp.address.object_id
+
+    def unknown_object() -> DeviceError:
+        return DeviceError(f"{link.where}: no object {oid} (point {bp.id})", code="invalid_argument",
+                           device=bp.device_id, point=bp.id)
+
+    if link.rpm:
+        try:
+            answer = await _call(link, lambda: app.read_property_multiple(link.peer, [ObjectIdentifier(oid), props]),
+                                 bp.id)
+        except DeviceError as err:
+            if err.code in _GONE:
+                raise
+            if "unknown-object" in err.message:
+                raise unknown_object() from err
+        else:
+            values: dict[str, Any] = {}
+            for _, prop, index, value in answer or ():
+                if isinstance(value, ErrorType):
+                    if str(value.errorCode) == "unknown-object":
+                        raise unknown_object()
+                elif index is None and value is not None:
+                    values[str(prop)] = value
+            return values
+    values = {}
+    for prop in props:
+        try:
+            values[prop] = await _call(link, lambda p=prop: app.read_property(link.peer, oid, p), bp.id)
+        except DeviceError as err:
+            if err.code in _GONE:
+                raise
+            if "unknown-object" in err.message:
+                raise unknown_object() from err
+    return values

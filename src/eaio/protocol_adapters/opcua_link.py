@@ -65,6 +65,9 @@ class CommFailure(Exception):
 
 
 class Timeout(CommFailure):
+    """No answer on a connection that is still open: the server is there but hung or overloaded.
+    A server that is gone (refused, connection lost, silent while connecting) is a CommFailure."""
+
     code = "timeout"
 
 
@@ -267,6 +270,10 @@ class Link:
             raise Refused(err.code) from None
         except TimeoutError:
             failure = Timeout(f"no answer within {timeout}s")
+            if self._gone(client):
+                # The connection went away while the request waited: the server is gone, not slow.
+                failure = CommFailure(f"no answer within {timeout}s (timeout): the connection is gone")
+                self.lose(failure.args[0], client)
         except (ConnectionError, OSError) as err:
             failure = CommFailure(f"connection lost ({_describe(err)})")
             self.lose(failure.args[0], client)
@@ -281,6 +288,13 @@ class Link:
             # Requests keep timing out on an open socket: the session is as good as dead.
             self.lose(f"{self.breaker.count} requests in a row failed ({failure})", client)
         raise failure
+
+    def _gone(self, client: _Client) -> bool:
+        """Whether ``client``'s session or socket is gone (lost, replaced, closed by the server)."""
+        if self.client is not client or self._lost.is_set():
+            return True
+        protocol = getattr(client.uaclient, "protocol", None)
+        return protocol is None or bool(getattr(protocol, "is_closed", False))
 
     def _answered(self) -> None:
         self.breaker.success()
@@ -363,7 +377,8 @@ def _connect_failure(err: Exception, device: OpcuaDevice) -> CommFailure:
     """A failed connect attempt, said so that the person reading health knows what to fix."""
     conn = device.connection
     if isinstance(err, TimeoutError):
-        return Timeout(f"no answer within {conn.timeout_s}s while connecting")
+        # No session yet, so nothing can be hung: a server that does not answer a connect is offline.
+        return CommFailure(f"no answer within {conn.timeout_s}s while connecting (timeout)")
     if isinstance(err, ConnectionRefusedError):
         return CommFailure("cannot connect (connection refused)")
     if isinstance(err, FileNotFoundError | PermissionError | IsADirectoryError):

@@ -7,6 +7,8 @@ answering, its COV subscriptions are dropped), coming back opens a new one over 
 so priority arrays survive an outage as they do in a controller's memory. ReadPropertyMultiple is
 answered by ``bacnet_fast`` (the same bytes as bacpypes3's handler, a fraction of the CPU), unless
 its check of bacpypes3 fails or ``fast_rpm`` is set False; a no-RPM device still refuses it.
+Devices in ``sim.bacnet.no_rpm`` / ``no_cov`` reject ReadPropertyMultiple / SubscribeCOV with
+unrecognized-service, as controllers without those services do.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class _SimApplication(FastRpmApplication):
         await super().indication(apdu)
 
 
-class _NoRpmApplication(_SimApplication):
+class _NoRpm:
     """An old controller: ReadPropertyMultiple answers Reject unrecognized-service."""
 
     async def do_ReadPropertyMultipleRequest(self, apdu: Any) -> None:
@@ -57,9 +59,45 @@ class _NoRpmApplication(_SimApplication):
 
     def get_services_supported(self) -> Any:
         # protocolServicesSupported is computed from the do_* methods, and this class has one.
-        ss = super().get_services_supported()
+        ss = super().get_services_supported()  # type: ignore[misc]
         ss[ss.readPropertyMultiple] = 0
         return ss
+
+
+class _NoCov:
+    """A controller without change of value: SubscribeCOV (and SubscribeCOVProperty) answer Reject
+    unrecognized-service, as devices that do not execute a service must (ASHRAE 135, 18.9)."""
+
+    async def do_SubscribeCOVRequest(self, apdu: Any) -> None:
+        raise UnrecognizedService("SubscribeCOV is not supported")
+
+    async def do_SubscribeCOVPropertyRequest(self, apdu: Any) -> None:
+        raise UnrecognizedService("SubscribeCOVProperty is not supported")
+
+    def get_services_supported(self) -> Any:
+        ss = super().get_services_supported()  # type: ignore[misc]
+        ss[ss.subscribeCOV] = 0
+        ss[ss.subscribeCOVProperty] = 0
+        return ss
+
+
+class _NoRpmApplication(_NoRpm, _SimApplication):
+    pass
+
+
+class _NoCovApplication(_NoCov, _SimApplication):
+    pass
+
+
+class _NoRpmNoCovApplication(_NoRpm, _NoCov, _SimApplication):
+    pass
+
+
+# (refuses RPM, refuses COV) -> the application class a face serves with
+_APPLICATIONS: dict[tuple[bool, bool], type[_SimApplication]] = {
+    (False, False): _SimApplication, (True, False): _NoRpmApplication,
+    (False, True): _NoCovApplication, (True, True): _NoRpmNoCovApplication,
+}
 
 
 class BacnetFace:
@@ -70,6 +108,7 @@ class BacnetFace:
         self.on_write = on_write
         self.settings = settings
         self.no_rpm = device.id in settings.no_rpm
+        self.no_cov = device.id in settings.no_cov
         self.requests = 0
         self._served: dict[str, Value] = {}
         self._unreliable: set[str] = set()
@@ -130,7 +169,7 @@ class BacnetFace:
         if self._objects is None:
             self._build()
         assert self._objects is not None
-        cls = _NoRpmApplication if self.no_rpm else _SimApplication
+        cls = _APPLICATIONS[(self.no_rpm, self.no_cov)]
         # Process-wide and idempotent; when bacpypes3 is not as expected it leaves the stock decoder.
         install_request_decoder()
         app = cls.from_object_list([*self._fixed, *self._objects.objects.values()])

@@ -1,7 +1,8 @@
 """The BACnet objects of one simulated device, built from the site's points (bacpypes3 local objects).
 
 One object per configured object id; the point on its ``present-value`` names it (objectName = point
-id, description = point name). Objects with a priority array (AO, AV, BO, BV, MSO, MSV) are
+id, description = point name); analog objects carry ``units`` and, when the point has both limits,
+``min-pres-value``/``max-pres-value``. Objects with a priority array (AO, AV, BO, BV, MSO, MSV) are
 commandable: the sim drives them through ``relinquishDefault``, so with nothing commanded the
 device reports the sim's value, and a client command at any priority overrides it as on a real
 controller. Inputs (AI, BI, MSI) are driven through ``presentValue``. Only the present-value of a
@@ -256,6 +257,10 @@ def _build(points: list[BacnetPoint], on_write: WriteHook, served: Mapping[str, 
     }
     if cls._sim_kind == "analog":
         kwargs |= {"units": to_bacnet(main.unit), "covIncrement": cov_increment(main)}
+        lim = main.limits
+        if lim is not None and lim.low is not None and lim.high is not None:
+            # The range a client may take for its limits (the adapter's ``limits``), as the OPC-UA face's EURange.
+            kwargs |= {"minPresValue": lim.low, "maxPresValue": lim.high}
     elif cls._sim_kind == "multistate":
         kwargs["numberOfStates"] = states
     if a.type in ("binary-input", "binary-output"):
