@@ -233,13 +233,15 @@ async def test_a_tool_error_goes_back_as_its_code_and_message(site: SiteConfig, 
 async def test_large_results_are_trimmed_and_say_so(site: SiteConfig, ollama: OllamaStandIn) -> None:
     ollama.script(call("modbus__list_points"), {"content": "many points"})
     async with modbus(site) as host:
-        result = await task(ollama, host, "What points are there?", llm=settings(ollama, max_tool_result_chars=300))
+        result = await task(ollama, host, "What points are there?", llm=settings(ollama, max_tool_result_chars=1500))
     full = result.tool_calls[0]["result_chars"]
-    assert full > 300
+    assert full > 1500
     [reply] = tool_messages(ollama.requests[1])
-    body, note = reply["content"].rsplit("\n", 1)
-    assert len(body) == 300
-    assert note.startswith(f"[trimmed: 300 of {full} characters shown")
+    assert len(reply["content"]) <= 1500
+    # Whole points, still JSON, and a note on how many were left out and how to see them.
+    trimmed = json.loads(reply["content"])
+    assert 0 < len(trimmed["points"]) < len(site.points())
+    assert trimmed["_trimmed"].startswith(f"points: {len(trimmed['points'])} of {len(site.points())} items shown")
 
 
 @pytest.mark.anyio

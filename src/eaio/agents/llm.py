@@ -46,6 +46,7 @@ from ..config import LLMSettings
 from ..errors import EaioError, LLMError
 from ..models import DecisionMode
 from .base import ChatMessage, ChatResponse, LLMBackend, ToolCall, ToolCaller, ToolSpec
+from .host import trim_result
 from .ollama import ollama_tool, wire_messages
 
 __all__ = [
@@ -243,13 +244,6 @@ def _resolve(name: str, known: set[str] | dict[str, Any]) -> str | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def _trim(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    return (f"{text[:limit]}\n[trimmed: {limit} of {len(text)} characters shown; "
-            "ask for fewer points or a narrower filter]")
-
-
 # -- the loop -------------------------------------------------------------------------------------
 class _Task:
     """The state of one task: the conversation, the tools offered, what ran and what was refused."""
@@ -354,7 +348,10 @@ class _Task:
             return
         text = json.dumps(result, ensure_ascii=False, separators=(",", ":"), default=str)
         self._record(name, call.arguments, True, None, len(text), from_text)
-        self._tool_message(name, _trim(text, self.settings.max_tool_result_chars))
+        # Whole items of the longest list are kept (never a cut in the middle of the JSON), with a note
+        # telling the model how much was left out and how to narrow the call.
+        self._tool_message(name, text if len(text) <= self.settings.max_tool_result_chars
+                           else trim_result(result, self.settings.max_tool_result_chars))
 
     def _refuse(self, name: str | None, args: dict[str, Any], code: str, why: str, from_text: bool) -> None:
         self.refused.append(why)
