@@ -13,14 +13,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from . import bacnet, demo_memory, mcp_read, mqtt, opcua, scan
+from . import agent_host, bacnet, demo_memory, events, influx, mcp_read, mqtt, opcua, scan, validate
 
 OUT = Path(__file__).resolve().parent / "results"
 
 
 def main(argv: list[str]) -> int:
-    """``python -m bench [scan] [mcp] [memory] [mqtt] [bacnet] [opcua]`` — all of them when none is named."""
-    wanted = set(argv) or {"scan", "mcp", "memory", "mqtt", "bacnet", "opcua"}
+    """``python -m bench [scan] [mcp] [memory] [mqtt] [bacnet] [opcua] [validate] [influx] [events] [agent]``
+    — all of them when none is named."""
+    wanted = set(argv) or {"scan", "mcp", "memory", "mqtt", "bacnet", "opcua", "validate", "influx", "events", "agent"}
     console = Console()
     results: dict[str, object] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -43,6 +44,18 @@ def main(argv: list[str]) -> int:
     if "opcua" in wanted:
         with console.status("OPC-UA: 1,000 nodes, batched vs one read each and asyncua read_values..."):
             results["opcua_read"] = opcua.run()
+    if "validate" in wanted:
+        with console.status("validation rules on batches of 5,000 readings..."):
+            results["validation"] = validate.run()
+    if "influx" in wanted:
+        with console.status("InfluxDB 1.x: raw line protocol vs the store vs through the buffer..."):
+            results["influx"] = influx.run()
+    if "events" in wanted:
+        with console.status("event bus: observe cost, QoS 1 to Mosquitto vs raw paho..."):
+            results["events"] = events.run()
+    if "agent" in wanted:
+        with console.status("agent: MCP host overhead per call over stdio..."):
+            results["agent_host"] = agent_host.run()
     if "memory" in wanted:
         with console.status(f"demo for {demo_memory.DURATION_S:.0f} s, sampling memory..."):
             results["demo_memory"] = demo_memory.run()
@@ -95,6 +108,27 @@ def _table(results: dict[str, Any]) -> Table:
         t.add_row("OPC-UA 1,000 nodes: EAIO vs asyncua read_values", f"{o['eaio_s'] * 1e3:.1f} ms",
                   f"{o['read_values_s'] * 1e3:.1f} ms (raw asyncua)", f"{o['share_of_read_values']:.0%} of raw",
                   ">= 50 %")
+    if v := results.get("validation"):
+        t.add_row("validation, every rule on, batches of 5,000: per reading", f"{v['eaio_us_per_reading']:.2f} us",
+                  f"{v['bare_loop_us_per_reading']:.3f} us (bare loop)", f"{v['ratio_to_bare_loop']:.0f}x", "<= 5 us")
+    if i := results.get("influx"):
+        t.add_row("InfluxDB 1.x ingest through the durable buffer: readings/s", f"{i['buffered_readings_per_s']:,}",
+                  f"{i['raw_readings_per_s']:,} (raw line protocol)", f"{i['buffered_vs_raw']:.0%} of raw", ">= 50 %")
+        t.add_row("InfluxDB 1.x, the store's write alone (encode + POST)", f"{i['store_readings_per_s']:,}",
+                  f"{i['raw_readings_per_s']:,}", f"{i['store_vs_raw']:.0%} of raw", "")
+    if e := results.get("events"):
+        o, q = e["observe"], e["mqtt_qos1"]
+        t.add_row("events: observe a batch, nothing due: per reading", f"{o['us_per_reading_nothing_due']:.2f} us",
+                  f"{o['us_per_reading_bare_pass']:.2f} us (bare pass)", f"{o['ratio_to_bare_pass']:.1f}x", "")
+        t.add_row("events: QoS 1 to Mosquitto, events/s", f"{q['bus_events_per_s']:,.0f}",
+                  f"{q['raw_paho_per_s']:,.0f} (raw paho)", f"{q['ratio_to_raw']:.0%} of raw", "")
+    if a := results.get("agent_host"):
+        t.add_row("agent: MCP host call over stdio, p50 / p95", f"{a['host_p50_ms']:.2f} / {a['host_p95_ms']:.2f} ms",
+                  f"{a['raw_p50_ms']:.2f} ms (mcp Client)", f"+{a['overhead_p50_ms']:.2f} ms", "overhead <= 3 ms")
+    if c := results.get("agent_cycle"):
+        t.add_row(f"agent: decision cycle, no LLM, {c['points']} points: p50 / p95",
+                  f"{c['p50_ms']:.0f} / {c['p95_ms']:.0f} ms", f"{c['raw_p50_ms']:.0f} ms (same calls, raw)",
+                  f"{c['ratio_p50']:.2f}x", "<= 200 ms")
     for role, mb in sorted(results.get("demo_memory", {}).get("peak_rss_mb", {}).items()):
         target = {"modbus-server": "<= 100 MB", "mqtt-server": "<= 100 MB", "ingest": "<= 150 MB"}.get(role, "")
         t.add_row(f"demo peak RSS: {role}", f"{mb:.0f} MB", "", "", target)
