@@ -69,6 +69,23 @@ def _problems(tmp_path: Path, raw: object) -> list[tuple[str, str]]:
          "not writable"),
         ({"sim": {"speed": -1}}, "sim.speed", "greater than 0"),
         ({"servers": {"zigbee": {}}}, "servers.zigbee", "unknown protocol"),
+        # The pipeline's new sections: each problem at its own field.
+        ({"storage": {"backend": "influxdb"}}, "storage", "needs an 'influxdb' section"),
+        ({"storage": {"backend": "influxdb", "influxdb": {"version": 2, "url": "http://x:8086"}}},
+         "storage.influxdb", "needs 'token' and 'org'"),
+        ({"storage": {"influxdb": {"version": 1, "url": "ftp://x"}}}, "storage.influxdb.url", "pattern"),
+        ({"storage": {"buffer": {"batch_size": 10_000}}}, "storage.buffer.batch_size", "5000"),
+        ({"events": {"readings_every_s": -1}}, "events.readings_every_s", "greater than or equal to 0"),
+        ({"energy": {"demand_interval_s": 10}}, "energy.demand_interval_s", "greater than or equal to 60"),
+        ({"devices": [_device(rules={"max_rate_per_h": -1})]}, "devices[0].points[0].rules.max_rate_per_h", ""),
+        ({"devices": [_device(rules={"expected": {"low": 5, "high": 1}})]}, "devices[0].points[0].rules.expected",
+         "must not be above"),
+        ({"devices": [{"id": "m", "protocol": "modbus", "points": [
+            {"id": "meter.energy", "kind": "energy", "unit": "kWh", "address": {"register": 0, "type": "uint32"}},
+            {"id": "meter.energy.interval", "kind": "energy", "address": {"register": 2, "type": "uint32"}}]}]},
+         "devices[0].points[1].id", "derived energy reading of 'meter.energy'"),
+        ({"agent": {"approvals": [{"kinds": ["setpoint"], "policy": "sometimes"}]}}, "agent.approvals[0].policy", ""),
+        ({"agent": {"llm": {"max_steps": 0}}}, "agent.llm.max_steps", "greater than or equal to 1"),
     ],
 )
 def test_problem_names_the_field(tmp_path: Path, raw: object, path: str, fragment: str) -> None:

@@ -442,10 +442,23 @@ def check(cfg: SiteConfig) -> list[tuple[str, str]]:
     for i, dev_id in enumerate(cfg.sim.bacnet.no_cov):
         if dev_id not in bacnet_ids:
             problems.append((f"sim.bacnet.no_cov[{i}]", f"'{dev_id}' is not a BACnet device of this site"))
+    problems += _check_derived(cfg)
     for name in cfg.servers:
         if name not in ("modbus", "bacnet", "opcua", "mqtt"):
             problems.append((f"servers.{name}", "unknown protocol; expected modbus, bacnet, opcua or mqtt"))
     return problems
+
+
+def _check_derived(cfg: SiteConfig) -> list[tuple[str, str]]:
+    """Ingest derives '<counter>.interval' and '<point>.demand' readings: a configured point with one
+    of those ids would mix two series under one id."""
+    from .pipeline.energy import _plan  # the pipeline builds on the config; imported only when checking
+
+    try:
+        _plan(cfg)
+    except ConfigError as err:
+        return list(err.problems)
+    return []
 
 
 def _check_modbus(dev: ModbusDevice, di: int) -> list[tuple[str, str]]:

@@ -109,6 +109,10 @@ class InfluxV1Store:
             # A server that is down at start is the buffer's business, not a reason to refuse to
             # start: the database is created before the first write that reaches it.
             log.warning("InfluxDB at %s not ready yet (%s); will retry on the first write", s.url, err)
+        except BaseException:  # cancelled while pinging: the client must not leak its connections
+            await self._client.aclose()
+            self._client = None
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
