@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Self
+from typing import Any, Self
 
 from pydantic import BaseModel, Field
 
@@ -53,6 +53,7 @@ log = logging.getLogger("eaio.ingest")
 MIN_READ_GUARD_S = 10.0  # an adapter read that hangs longer than this (or N polls) becomes comm_failure data
 MIN_BACKLOG = 100_000
 PUSHED = frozenset({"mqtt"})  # protocols whose adapter delivers readings by subscription
+METADATA_CONCURRENCY = 8  # limits/units questions in flight at start (a device answers them one by one anyway)
 HEALTH_EVERY_S = 1.0  # how often a pushing adapter's connection state is copied into the stats
 
 
@@ -235,28 +236,41 @@ class Ingest:
 
     async def _server_metadata(self) -> None:
         """Limits and units the site file leaves out, from servers that publish them (an OPC-UA
-        node's EURange and EngineeringUnits): a range check and a unit are worth having either way.
-        A server that cannot say (or is down now) costs nothing: the point goes on without."""
+        node's EURange and EngineeringUnits, a BACnet object's units and min/max-pres-value): a
+        range check and a unit are worth having either way. A server that cannot say (or is down
+        now) costs nothing: the point goes on without. The questions go out a few at a time, all
+        within one guard time, so a dead device delays the start by that much at most."""
+        asks = []
+        gate = asyncio.Semaphore(METADATA_CONCURRENCY)
         for proto, adapter in self._adapters.items():
             limits = getattr(adapter, "limits", None)
             if limits is None:
                 continue
-            for p in (p for d in self.cfg.devices_for(proto) for p in d.points):
-                if p.limits is not None and p.unit:
-                    continue
-                try:
-                    async with asyncio.timeout(MIN_READ_GUARD_S):
-                        info = await limits(p)
-                except Exception as err:
-                    log.debug("no server limits for %s: %s", p.id, err)
-                    continue
-                eu_range = info.get("eu_range")
-                if p.limits is None and eu_range:
-                    self._validator.set_limits(p.id, float(eu_range[0]), float(eu_range[1]))
-                    log.info("%s: limits %s..%s from the server's EURange", p.id, eu_range[0], eu_range[1])
-                if not p.unit and info.get("unit"):
-                    # The adapter builds readings from these same point objects.
-                    p.unit = str(info["unit"])
+            asks += [self._ask_limits(limits, p, gate) for d in self.cfg.devices_for(proto) for p in d.points
+                     if p.limits is None or not p.unit]
+        if not asks:
+            return
+        try:
+            async with asyncio.timeout(MIN_READ_GUARD_S):
+                await asyncio.gather(*asks)
+        except TimeoutError:
+            log.warning("servers' limits and units: not all answered within %g s; the rest go without",
+                        MIN_READ_GUARD_S)
+
+    async def _ask_limits(self, limits: Any, p: Point, gate: asyncio.Semaphore) -> None:
+        async with gate:
+            try:
+                info = await limits(p)
+            except Exception as err:
+                log.debug("no server limits for %s: %s", p.id, err)
+                return
+        eu_range = info.get("eu_range")
+        if p.limits is None and eu_range:
+            self._validator.set_limits(p.id, float(eu_range[0]), float(eu_range[1]))
+            log.info("%s: limits %s..%s from the server's EURange", p.id, eu_range[0], eu_range[1])
+        if not p.unit and info.get("unit"):
+            # The adapter builds readings from these same point objects.
+            p.unit = str(info["unit"])
 
     @property
     def readings_stored(self) -> int:
