@@ -19,6 +19,7 @@ COMFORTABLE: dict[str, Any] = {
     **{f"zone{i}.occ_mode": True for i in (1, 2, 3)},
     **{f"zone{i}.occ": True for i in (1, 2, 3)},
     **{f"zone{i}.reheat": 0.0 for i in (1, 2, 3)},
+    **{f"zone{i}.damper": 40.0 for i in (1, 2, 3)},
     "meter.power": 90.0,
 }
 

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from eaio.agents.base import ToolSpec
-from eaio.agents.host import CallLog
+from eaio.agents.host import CallLog, McpHost
 from eaio.agents.planner import Planner
 from eaio.agents.records import Records
 from eaio.agents.runtime import Runtime, format_new
+from eaio.agents.triggers import Dedup, trigger_for
+from eaio.agents.workflows import Trigger
 from eaio.config import SimFaultSpec, SiteConfig
-from eaio.models import Decision, DecisionMode, Recommendation, Severity
+from eaio.models import Decision, DecisionMode, Event, Recommendation, Severity
+from eaio.servers.audit import read_audit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +47,7 @@ def test_repeated_findings_are_one_open_recommendation(tmp_path: Path) -> None:
         assert zone2.recommendation.id == first.id  # the id a reader first saw stays
         assert zone2.recommendation.message == "26.4 degC"  # the latest evidence wins
         assert zone2.first_seen <= zone2.last_seen
-        assert records.counts() == {"open": 3, "resolved": 0, "decisions": 0}
+        assert records.counts() == {"open": 3, "resolved": 0, "decisions": 0, "pending": 0}
 
 
 def test_findings_no_longer_seen_are_resolved_and_can_reopen(tmp_path: Path) -> None:
@@ -53,7 +58,7 @@ def test_findings_no_longer_seen_are_resolved_and_can_reopen(tmp_path: Path) -> 
         assert [r.recommendation.zone for r in records.list_recommendations()] == ["zone3"]
         assert [r.recommendation.zone for r in records.list_recommendations("resolved")] == ["zone2"]
         assert records.upsert(_rec()) is True  # it came back: a new open recommendation
-        assert records.counts() == {"open": 2, "resolved": 1, "decisions": 0}
+        assert records.counts() == {"open": 2, "resolved": 1, "decisions": 0, "pending": 0}
 
 
 def test_decisions_round_trip_in_wal_mode(tmp_path: Path) -> None:
@@ -113,7 +118,7 @@ async def test_each_cycle_records_a_decision_and_announces_only_new_findings(tmp
         host.temp = 23.0  # comfortable again: the next complete cycle resolves it
         cleared = await runtime.cycle()
         assert "1 resolved" in cleared.outcome
-        assert records.counts() == {"open": 0, "resolved": 1, "decisions": 3}
+        assert records.counts() == {"open": 0, "resolved": 1, "decisions": 3, "pending": 0}
 
 
 @pytest.mark.anyio
@@ -152,8 +157,16 @@ def test_agent_once_as_a_process_leaves_recommendations(site: SiteConfig, sim: A
     assert ("data_quality", None) in found, proc.stderr[-3000:]
     assert "meter.power" in found[("data_quality", None)].recommendation.point_ids
     assert decision.trigger == "start"
-    # One discovery and one read through the site's Modbus server; nothing else (v0 never writes).
-    assert {c["tool"] for c in decision.tool_calls} == {"modbus__list_points", "modbus__read_points"}
+    # One discovery and one read through the site's Modbus server. The default policy is
+    # "approve": a setback the planner proposes is only checked (dry run) and queued, never written.
+    tools = [c["tool"] for c in decision.tool_calls]
+    assert tools[:2] == ["modbus__list_points", "modbus__read_points"]
+    assert set(tools[2:]) <= {"modbus__write_point"}
+    audit = read_audit(site.audit_path("modbus"))
+    assert all(r.outcome == "dry_run" for r in audit), audit
+    with Records(site.data_dir / "agent.db") as records:
+        pending = records.list_approvals("pending")
+    assert len(pending) == len(audit)
 
 
 def test_agent_exits_1_with_one_line_when_a_server_cannot_start(site_file: Any) -> None:
@@ -166,3 +179,99 @@ def test_agent_exits_1_with_one_line_when_a_server_cannot_start(site_file: Any) 
     assert proc.returncode == 1
     assert "eaio agent: connection_failed: MCP server 'modbus' did not start or answer" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- event triggers ---------------------------------------------------------------------------------
+
+
+def _event(kind: str, subject: str, **kw: Any) -> Event:
+    return Event(kind=kind, site="demo-office", subject=subject, **kw)
+
+
+def test_which_events_start_which_workflow() -> None:
+    stale = _event("quality", "zone1.temp", quality="bad", reasons=["stale"])
+    assert trigger_for(stale, None) == Trigger(("data_quality",), source="event", subject="zone1.temp",
+                                               event=stale.model_dump(mode="json"))
+    assert trigger_for(_event("quality", "zone1.temp", quality="uncertain", reasons=["flatline"]), None)
+    assert trigger_for(_event("quality", "zone1.temp", quality="good", reasons=[]), None) is None  # recovered
+    assert trigger_for(_event("quality", "zone1.temp", quality="bad", reasons=["range_high"]), None) is None
+    offline = trigger_for(_event("fault", "zones-ctrl", code="device_offline", device_id="zones-ctrl"), None)
+    assert offline is not None
+    assert offline.name == "data_quality"
+    assert offline.subject == "zones-ctrl"
+    assert offline.label == "event:fault:zones-ctrl"
+    assert trigger_for(_event("fault", "zones-ctrl", code="device_online"), None) is None
+    peak = _event("demand", "meter.power.demand", value=95.0, unit="kW")
+    assert trigger_for(peak, 80.0) is not None
+    assert trigger_for(peak, 100.0) is None  # under the threshold
+    assert trigger_for(peak, None) is None  # no threshold configured: demand events start nothing
+    assert trigger_for(_event("reading", "zone1.temp", value=30.0), 1.0) is None
+
+
+def test_bursts_run_once_per_window() -> None:
+    dedup = Dedup(window_s=300)
+    t = Trigger(("data_quality",), source="event", subject="zone1.temp")
+    assert dedup.fresh(t, now=0.0) is True
+    assert dedup.fresh(t, now=10.0) is False
+    assert dedup.fresh(Trigger(("data_quality",), source="event", subject="zone2.temp"), now=10.0) is True
+    assert dedup.fresh(t, now=301.0) is True  # the problem outlived the window: look again
+
+
+def _publish(port: int, events: list[Event]) -> None:
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="test-events-publisher")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        for e in events:
+            client.publish(e.topic, e.model_dump_json(), qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytest.mark.anyio
+async def test_events_on_the_bus_run_the_right_workflow_once(
+    site_file: Any, mosquitto: Any
+) -> None:
+    from eaio.agents.triggers import EventTriggers
+    from eaio.config import load_config
+    from eaio.sim.runner import SimThread
+    from helpers import until
+
+    cfg = load_config(site_file(events={"mqtt": {"port": mosquitto.port}}, agent={"demand_peak_kw": 50.0}))
+    with SimThread(cfg) as sim:
+        sim.inject(SimFaultSpec(kind="stuck", target="zone1.temp"))
+        async with McpHost.from_config(cfg) as host, EventTriggers(cfg) as triggers:
+            with Records(cfg.data_dir / "agent.db") as records:
+                runtime = Runtime(host, Planner(host.call_tool, ["modbus"]), records, echo=lambda _: None,
+                                  demand_peak_kw=50.0)
+                with anyio.fail_after(10):
+                    await triggers.subscribed.wait()
+                burst = [_event("quality", "zone1.temp", quality="bad", reasons=["flatline"]) for _ in range(5)]
+                ignored = [_event("quality", "zone2.temp", quality="good"),
+                           _event("demand", "meter.power.demand", value=20.0)]
+                marker = [_event("demand", "meter.power.demand", value=120.0)]
+                await anyio.to_thread.run_sync(_publish, mosquitto.port, burst + ignored + marker)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(functools.partial(runtime.run, 600, signals=False, triggers=triggers))
+
+                    async def both_ran() -> bool:
+                        return len(records.list_decisions()) >= 3  # start cycle + two event runs
+
+                    await until(both_ran, "the event workflows")
+                    tg.cancel_scope.cancel()
+                decisions = records.list_decisions()
+    by_trigger = sorted(d.trigger for d in decisions)
+    assert by_trigger == ["event:demand:meter.power.demand", "event:quality:zone1.temp", "start"]
+    assert triggers.received == 8
+    assert triggers.ignored == 6  # four repeats inside the window, a recovery, a demand under the threshold
+    dq = next(d for d in decisions if d.trigger.startswith("event:quality"))
+    assert dq.inputs["workflow"] == "data_quality"
+    assert dq.outputs[0].kind == "sensor_fault"
+    assert "flatline" in dq.outputs[0].message
+    demand = next(d for d in decisions if d.trigger.startswith("event:demand"))
+    assert demand.inputs["workflow"] == "demand"
+    assert demand.inputs["event_kw"] == 120.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -106,17 +106,161 @@ def ingest(
     asyncio.run(run_ingest(cfg, duration=duration))
 
 
-@app.command()
+agent_app = typer.Typer(help="The agent: workflows on a schedule, on events and on demand", add_completion=False)
+app.add_typer(agent_app, name="agent")
+
+
+@agent_app.callback(invoke_without_command=True)
 def agent(
+    ctx: typer.Context,
     config: ConfigOpt = DEFAULT_CONFIG,
     once: Annotated[bool, typer.Option(help="Run one cycle and exit")] = False,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds")] = None,
 ) -> None:
-    """Run the agent: discover the servers' tools and advise on a schedule."""
+    """Run the agent: discover the servers' tools, run workflows on a schedule and on bus events."""
+    # A group whose callback is the agent itself: `eaio agent --config F --once` stays as it was,
+    # and `eaio agent ask "..."` is a sub-command.
+    ctx.obj = config
+    if ctx.invoked_subcommand is not None:
+        return
     from .agents.runtime import run_agent
 
     cfg = _load(config)
     asyncio.run(run_agent(cfg, once=once, duration=duration))
+
+
+@agent_app.command("ask")
+def agent_ask(
+    ctx: typer.Context,
+    question: Annotated[str, typer.Argument(help='e.g. "why is zone 2 warm?"')],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Site YAML file")] = None,
+) -> None:
+    """Ask the agent once; prints its answer (a model's, or the planner's evidence in sentences)."""
+    from .agents.runtime import ask_agent
+    from .errors import EaioError
+
+    cfg = _load(config or ctx.obj or DEFAULT_CONFIG)
+    try:
+        decision, outcome = asyncio.run(ask_agent(cfg, question))
+    except EaioError as e:
+        err.print(f"eaio agent ask: {e}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    model = f", {outcome.model}" if outcome.model else ""
+    typer.echo(outcome.answer or "(no answer)")
+    err.print(f"[dim]mode {decision.mode.value}{model}; decision {decision.id}[/dim]", highlight=False)
+
+
+def _approval_records(config: Path) -> tuple[SiteConfig, Path]:
+    from .agents.runtime import agent_db_path
+
+    cfg = _load(config)
+    return cfg, agent_db_path(cfg)
+
+
+@app.command()
+def approvals(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    all_: Annotated[bool, typer.Option("--all", help="Every request, not only pending ones")] = False,
+) -> None:
+    """List the agent's writes waiting for approval (or, with --all, every write it asked for)."""
+    from .agents.approvals import is_expired
+    from .agents.records import Records
+
+    _, path = _approval_records(config)
+    with Records(path) as records:
+        rows = records.list_approvals(None if all_ else "pending")
+    if not rows:
+        typer.echo("no pending approvals" if not all_ else "no write requests")
+        return
+    for r in rows:
+        dur = f" for {r.duration_s / 60:g} min" if r.duration_s else ""
+        status = "pending (expired)" if r.status == "pending" and is_expired(r) else r.status
+        typer.echo(f"{r.id}  {r.created:%Y-%m-%d %H:%M:%S}  {status:<17} {r.point_id} = {r.value}{dur}  "
+                   f"[{r.tool}] {r.reason}")
+
+
+@app.command()
+def approve(
+    approval_id: Annotated[str, typer.Argument(help="The id `eaio approvals` shows")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Execute a queued write through the servers (their guard, bounds and audit), and record the result.
+
+    A temporary write (with a duration) whose servers are the agent's stdio children is handed to
+    the running agent instead: a server restores its temporary writes when it stops, so a server
+    started just for this command would undo the write as the command exits."""
+    from .agents.approvals import execute_approval, hand_to_agent
+    from .agents.host import McpHost
+    from .agents.records import Records
+    from .errors import EaioError
+
+    cfg, path = _approval_records(config)
+    ephemeral = cfg.agent.servers is None or any(ref.command is not None for ref in cfg.agent.servers)
+
+    async def run() -> Any:
+        with Records(path) as records:
+            row = _known(records, approval_id)
+            if ephemeral and row.duration_s:
+                return hand_to_agent(records, approval_id, who=_who())
+            async with McpHost.from_config(cfg) as host:
+                return await execute_approval(host, records, approval_id, who=_who())
+
+    try:
+        row = asyncio.run(run())
+    except EaioError as e:
+        err.print(f"eaio approve: {e}", markup=False, highlight=False)
+        raise typer.Exit(2 if e.code == "unknown_approval" else 1) from None
+    if row.status == "approved":
+        typer.echo(f"{row.id}: approved; the running agent (eaio agent) writes {row.point_id} = {row.value} "
+                   f"for {row.duration_s / 60:g} min within a few seconds (see `eaio approvals --all`)")
+        return
+    result = row.result or {}
+    if row.status != "executed":
+        err.print(f"eaio approve: {row.id} failed: {row.note}", markup=False, highlight=False)
+        raise typer.Exit(1)
+    restore = f", restored at {result['restore_at']}" if result.get("restore_at") else ""
+    typer.echo(f"{row.id}: {row.point_id} = {result.get('readback_value', row.value)} written "
+               f"(audit {result.get('audit_id', '?')}{restore})")
+
+
+@app.command()
+def reject(
+    approval_id: Annotated[str, typer.Argument(help="The id `eaio approvals` shows")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    reason: Annotated[str, typer.Option(help="Why, kept with the request")] = "",
+) -> None:
+    """Refuse a queued write: it will never be made."""
+    from .agents.approvals import reject_approval
+    from .agents.records import Records
+    from .errors import EaioError
+
+    _, path = _approval_records(config)
+    try:
+        with Records(path) as records:
+            _known(records, approval_id)
+            row = reject_approval(records, approval_id, reason=reason, who=_who())
+    except EaioError as e:
+        err.print(f"eaio reject: {e}", markup=False, highlight=False)
+        raise typer.Exit(2 if e.code == "unknown_approval" else 1) from None
+    typer.echo(f"{row.id}: rejected ({row.point_id} = {row.value} will not be written)")
+
+
+def _known(records: Any, approval_id: str) -> Any:
+    from .errors import ValidationFailed
+
+    row = records.get_approval(approval_id)
+    if row is None:
+        raise ValidationFailed(f"no approval with id '{approval_id}' (see `eaio approvals`)", code="unknown_approval")
+    return row
+
+
+def _who() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "operator"
 
 
 @app.command()

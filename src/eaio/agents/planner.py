@@ -2,21 +2,31 @@
 
 It has no I/O of its own. It is given a ``call`` coroutine (namespaced tool name, arguments ->
 structured result) and acts only through the servers' tools, the same way an LLM would, so
-swapping it for a model changes nothing about what the agent may touch. v0 never writes: a
-setback is a *suggested* write inside a Recommendation.
+swapping it for a model changes nothing about what the agent may touch. The planner itself never
+writes: a setback is a *suggested* write inside a Recommendation, which the workflow hands to
+the Actuator (the approval policy) — see workflows.py.
+
+It keeps the last readings it made of each point (``history``) so that a forecast can say
+where a value is heading: a least-squares line through the recent samples, nothing cleverer.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from ..errors import EaioError
 from ..models import DecisionMode, Recommendation, Severity, SuggestedWrite
 
-__all__ = ["Call", "PlanResult", "Planner", "PointInfo", "ZoneView"]
+__all__ = [
+    "METER_CLASS", "ZONE_ROLES", "Call", "History", "PlanResult", "Planner", "PointInfo", "Trend", "ZoneView",
+    "select_zones",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +40,57 @@ ZONE_ROLES: dict[str, str] = {
     "Occupancy_Sensor": "occ",
     "Occupancy_Status": "occ_mode",
     "Heating_Electric_Power_Sensor": "reheat",
+    "Damper_Position_Sensor": "damper",  # evidence only: a wide-open box cannot cool more
 }
 METER_CLASS = "Building_Electric_Meter"
 # Rule of thumb: each degC of cooling setback saves ~3 % of the zone's share of cooling demand.
 SAVING_PER_DEGC = 0.03
+HISTORY_SAMPLES = 20  # per point: enough for a trend, small enough to forget old conditions
+TREND_WINDOW_S = 1800.0  # samples older than this say little about where a value heads now
+
+
+@dataclass(frozen=True)
+class Trend:
+    """A linear trend: ``slope`` per second through ``samples`` readings spanning ``span_s``."""
+
+    last: float
+    slope_per_s: float
+    samples: int
+    span_s: float
+
+    def at(self, seconds_ahead: float) -> float:
+        return self.last + self.slope_per_s * seconds_ahead
+
+
+class History:
+    """The last readings the planner made, per point: (epoch seconds, value)."""
+
+    def __init__(self, size: int = HISTORY_SAMPLES) -> None:
+        self.size = size
+        self._by_point: dict[str, deque[tuple[float, float]]] = {}
+
+    def add(self, point_id: str, ts: float, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return
+        samples = self._by_point.setdefault(point_id, deque(maxlen=self.size))
+        if samples and ts <= samples[-1][0]:
+            return  # the same sample read twice (a slow-polled point): one point on the line, not two
+        samples.append((ts, float(value)))
+
+    def trend(self, point_id: str, window_s: float = TREND_WINDOW_S) -> Trend | None:
+        """Least squares over the samples of the last ``window_s``; None with fewer than two."""
+        samples = list(self._by_point.get(point_id, ()))
+        if not samples:
+            return None
+        recent = [(t, v) for t, v in samples if t >= samples[-1][0] - window_s]
+        if len(recent) < 2:
+            return None
+        n = len(recent)
+        mt = sum(t for t, _ in recent) / n
+        mv = sum(v for _, v in recent) / n
+        var = sum((t - mt) ** 2 for t, _ in recent)
+        slope = sum((t - mt) * (v - mv) for t, v in recent) / var if var > 0 else 0.0
+        return Trend(last=recent[-1][1], slope_per_s=slope, samples=n, span_s=recent[-1][0] - recent[0][0])
 
 
 @dataclass(frozen=True)
@@ -81,6 +138,7 @@ class PlanResult:
     recommendations: list[Recommendation] = field(default_factory=list)
     inputs: dict[str, Any] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    zones: dict[str, ZoneView] = field(default_factory=dict)  # the zones looked at, with their values
 
     @property
     def complete(self) -> bool:
@@ -102,32 +160,50 @@ class Planner:
         self.servers = list(servers)
         self.band = comfort_band_c
         self.setback_duration_s = setback_duration_s
+        self.history = History()
+        self.catalog: dict[str, PointInfo] = {}  # the last discovery's points
+        self.raw_points: dict[str, dict[str, Any]] = {}  # the same, as list_points gave them
 
-    async def cycle(self) -> PlanResult:
+    async def cycle(self, zone: str | None = None, rules: Iterable[str] = ("comfort", "energy")) -> PlanResult:
+        """One pass: discover, ONE read per server, then the rules (``comfort``, ``energy``), for
+        every zone or only ``zone``. Findings of data quality come with it."""
         result = PlanResult()
         catalog = await self._discover(result)
         zones, meters = _select(catalog)
+        if zone is not None:
+            zones = {k: v for k, v in zones.items() if k == zone}
         good, bad = await self._read(catalog, zones, meters, result)
-        for zone in zones.values():
-            zone.values = {role: good[p.id] for role, p in zone.points.items() if p.id in good}
+        result.zones = zones
+        chosen = [r for r in (("comfort", self._comfort), ("energy", self._unoccupied)) if r[0] in set(rules)]
+        for zone_view in zones.values():
+            zone_view.values = {role: good[p.id] for role, p in zone_view.points.items() if p.id in good}
         meter_kw = next((good[m.id] for m in meters if isinstance(good.get(m.id), int | float)), None)
-        result.inputs = {
+        result.inputs |= {
             "servers": self.servers,
             "zones": {z.name: {p.id: good.get(p.id) for p in z.points.values()} for z in zones.values()},
             "meter_kw": meter_kw,
             "bad": bad,
         }
-        for zone in zones.values():
-            for rule in (self._comfort, self._unoccupied):
-                rec = rule(zone, meter_kw=meter_kw, n_zones=len(zones))
+        for zone_view in zones.values():
+            for _, rule in chosen:
+                rec = rule(zone_view, meter_kw=meter_kw, n_zones=len(zones))
                 if rec is not None:
                     result.recommendations.append(rec)
         result.recommendations += _data_quality(bad, catalog, result.errors)
         return result
 
+    async def read_points(self, ids: Iterable[str], result: PlanResult) -> tuple[dict[str, Any], dict[str, str]]:
+        """Read points of the last discovery (one read_points per server); usable values and why not the rest."""
+        wanted = [self.catalog[p] for p in ids if p in self.catalog]
+        return await self._read_list(wanted, result)
+
+    async def discover(self, result: PlanResult) -> dict[str, PointInfo]:
+        return await self._discover(result)
+
     # -- tool calls ---------------------------------------------------------------------------
     async def _discover(self, result: PlanResult) -> dict[str, PointInfo]:
         catalog: dict[str, PointInfo] = {}
+        raw_points: dict[str, dict[str, Any]] = {}
         for server in self.servers:
             try:
                 listed = await self._call(f"{server}__list_points", {})
@@ -137,16 +213,21 @@ class Planner:
             for raw in listed.get("points", []):
                 info = PointInfo.parse(server, raw)
                 catalog.setdefault(info.id, info)
+                raw_points.setdefault(info.id, raw)
+        self.catalog, self.raw_points = catalog, raw_points
         return catalog
 
     async def _read(
         self, catalog: dict[str, PointInfo], zones: dict[str, ZoneView], meters: list[PointInfo], result: PlanResult
     ) -> tuple[dict[str, Any], dict[str, str]]:
+        return await self._read_list([p for z in zones.values() for p in z.points.values()] + meters, result)
+
+    async def _read_list(self, wanted: list[PointInfo], result: PlanResult) -> tuple[dict[str, Any], dict[str, str]]:
         """ONE read_points per server. Returns usable values and, for the rest, why not."""
-        wanted = [p for z in zones.values() for p in z.points.values()] + meters
         by_server: dict[str, list[str]] = {}
         for p in wanted:
-            by_server.setdefault(p.server, []).append(p.id)
+            if p.id not in by_server.setdefault(p.server, []):
+                by_server[p.server].append(p.id)
         good: dict[str, Any] = {}
         bad: dict[str, str] = {}
         for server, ids in by_server.items():
@@ -162,6 +243,7 @@ class Planner:
                     bad[pid] = _why(r)
                 else:
                     good[pid] = r["value"]
+                    self.history.add(pid, _epoch(r.get("ts")), r["value"])
             for pid in ids:
                 if pid not in good and pid not in bad:
                     bad[pid] = "no reading returned"
@@ -233,6 +315,21 @@ def _select(catalog: dict[str, PointInfo]) -> tuple[dict[str, ZoneView], list[Po
         zones.setdefault(p.zone, ZoneView(p.zone)).points.setdefault(role, p)
     # A zone without a temperature sensor gives the rules nothing to reason about.
     return {name: z for name, z in sorted(zones.items()) if "temp" in z.points or "occ" in z.points}, meters
+
+
+def _epoch(ts: Any) -> float:
+    """A reading's time as epoch seconds (now, when the server gave none or an unreadable one)."""
+    if isinstance(ts, str):
+        try:
+            return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    return time.time()
+
+
+def select_zones(catalog: dict[str, PointInfo]) -> tuple[dict[str, ZoneView], list[PointInfo]]:
+    """Zones (by Brick role) and building meters among discovered points."""
+    return _select(catalog)
 
 
 def _failure(server: str, tool: str, err: EaioError) -> dict[str, Any]:

@@ -1,26 +1,32 @@
-"""The agent's records in SQLite (WAL): recommendations and the decision behind each cycle.
+"""The agent's records in SQLite (WAL): recommendations, the decision behind each workflow run,
+and every write the agent asked for (the approvals queue).
 
 A finding that holds cycle after cycle is ONE open recommendation keyed by (kind, zone), whose
 ``last_seen`` and ``count`` move, so the table reads as a list of problems, not a log of
 repeats. When a complete cycle no longer finds it, it is marked resolved.
+
+Every write request is one ``approvals`` row whatever the policy said: ``executed``/``failed``
+(auto), ``pending`` then ``executed``/``failed``/``rejected``/``expired`` (approve), ``denied``
+or ``refused`` (the server's dry run said no). The queue and the history are the same table.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, Field
 
 from ..errors import StoreError
-from ..models import Decision, Recommendation
+from ..models import Decision, Recommendation, utcnow
 
-__all__ = ["RecordedRecommendation", "Records"]
+__all__ = ["ApprovalRow", "RecordedRecommendation", "Records"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS recommendations (
@@ -46,8 +52,51 @@ CREATE TABLE IF NOT EXISTS decisions (
     body TEXT NOT NULL                  -- the Decision as JSON
 );
 CREATE INDEX IF NOT EXISTS decisions_ts ON decisions(ts);
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY,
+    created TEXT NOT NULL,
+    tool TEXT NOT NULL,                 -- namespaced: modbus__write_point
+    point_id TEXT,
+    arguments TEXT NOT NULL,            -- JSON, exactly what the tool is (or was) called with
+    reason TEXT NOT NULL,
+    decision_id TEXT,
+    policy TEXT NOT NULL,               -- auto | approve | deny
+    status TEXT NOT NULL,               -- pending | approved (the running agent writes it) | executed |
+                                        -- failed | rejected | expired | denied | refused
+    decided TEXT,
+    note TEXT NOT NULL DEFAULT '',      -- who/why for approve and reject, the error for failed
+    result TEXT                         -- the tool's result (JSON) when it ran
+);
+CREATE INDEX IF NOT EXISTS approvals_status ON approvals(status, created);
 """
 
+# Columns added after the first release: (table, column, definition) added to older files on open.
+MIGRATIONS = [("decisions", "model", "TEXT"), ("decisions", "workflow", "TEXT")]
+
+
+class ApprovalRow(BaseModel):
+    """One write request: what, why, under which policy, and what became of it."""
+
+    id: str
+    created: AwareDatetime = Field(default_factory=utcnow)
+    tool: str
+    point_id: str | None = None
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    reason: str = ""
+    decision_id: str | None = None
+    policy: str
+    status: str
+    decided: AwareDatetime | None = None
+    note: str = ""
+    result: dict[str, Any] | None = None
+
+    @property
+    def value(self) -> Any:
+        return self.arguments.get("value")
+
+    @property
+    def duration_s(self) -> float | None:
+        return self.arguments.get("duration_s")
 
 class RecordedRecommendation(BaseModel):
     """A stored recommendation with its history."""
@@ -76,7 +125,11 @@ class Records:
             db = sqlite3.connect(self.path)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=5000")
+            # WAL + NORMAL: a crash never corrupts the file; a power cut may lose the last decisions,
+            # which the next cycle makes again. FULL would fsync every one (~10 ms each here).
+            db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA)
+            _migrate(db)
         except (OSError, sqlite3.Error) as err:
             raise StoreError(f"cannot open agent records at {self.path}: {err}", retryable=False) from err
         self._db = db
@@ -114,25 +167,64 @@ class Records:
             )
             return True
 
-    def resolve_absent(self, present: list[Recommendation]) -> int:
-        """Mark resolved every open finding not in ``present`` (call only after a complete cycle)."""
+    def resolve_absent(self, present: list[Recommendation], kinds: Iterable[str] | None = None) -> int:
+        """Mark resolved every open finding (of ``kinds``, default all) not in ``present`` (call only
+        after a complete cycle: one that looked for every finding of those kinds)."""
         keys = {dedup_key(r.kind, r.zone) for r in present}
+        wanted = set(kinds) if kinds is not None else None
         with self._tx() as db:
-            open_keys = [k for (k,) in db.execute("SELECT dedup_key FROM recommendations WHERE status = 'open'")]
-            gone = [k for k in open_keys if k not in keys]
+            rows = db.execute("SELECT dedup_key, kind FROM recommendations WHERE status = 'open'").fetchall()
+            gone = [k for k, kind in rows if k not in keys and (wanted is None or kind in wanted)]
             db.executemany(
                 "UPDATE recommendations SET status = 'resolved' WHERE dedup_key = ? AND status = 'open'",
                 [(k,) for k in gone],
             )
         return len(gone)
 
-    def record_decision(self, decision: Decision) -> None:
+    def record_decision(self, decision: Decision, *, model: str | None = None, workflow: str | None = None) -> None:
+        """Store a decision; ``model`` (None: no model ran) and ``workflow`` are columns for queries."""
         with self._tx() as db:
             db.execute(
-                "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO decisions (id, ts, trigger, mode, outcome, body, model, workflow)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (decision.id, decision.ts.isoformat(), decision.trigger, decision.mode.value, decision.outcome,
-                 decision.model_dump_json()),
+                 decision.model_dump_json(), model, workflow),
             )
+
+    def add_approval(self, row: ApprovalRow) -> ApprovalRow:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO approvals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (row.id, row.created.isoformat(), row.tool, row.point_id, json.dumps(row.arguments), row.reason,
+                 row.decision_id, row.policy, row.status, row.decided.isoformat() if row.decided else None,
+                 row.note, json.dumps(row.result) if row.result is not None else None),
+            )
+        return row
+
+    def settle_approval(
+        self, approval_id: str, status: str, *, note: str = "", result: dict[str, Any] | None = None,
+        only_if: str | None = "pending",
+    ) -> bool:
+        """Move a request to its final status; False when it was not ``only_if`` any more (a race
+        between two `eaio approve` runs, or with expiry, is lost by one of them, never doubled)."""
+        sql = "UPDATE approvals SET status = ?, decided = ?, note = ?, result = ? WHERE id = ?"
+        args: list[Any] = [status, utcnow().isoformat(), note, json.dumps(result) if result is not None else None,
+                           approval_id]
+        if only_if is not None:
+            sql, args = sql + " AND status = ?", [*args, only_if]
+        with self._tx() as db:
+            return db.execute(sql, args).rowcount == 1
+
+    def get_approval(self, approval_id: str) -> ApprovalRow | None:
+        row = self.db.execute(f"SELECT {_APPROVAL_COLS} FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+        return _approval(row) if row else None
+
+    def list_approvals(self, status: str | None = "pending", limit: int = 100) -> list[ApprovalRow]:
+        sql, args = f"SELECT {_APPROVAL_COLS} FROM approvals", tuple[Any, ...]()
+        if status is not None:
+            sql, args = sql + " WHERE status = ?", (status,)
+        rows = self.db.execute(sql + " ORDER BY created DESC LIMIT ?", (*args, limit)).fetchall()
+        return [_approval(r) for r in rows]
 
     # -- reads --------------------------------------------------------------------------------
     def list_recommendations(self, status: str | None = "open") -> list[RecordedRecommendation]:
@@ -152,9 +244,17 @@ class Records:
             for body, st, first, last, count in rows
         ]
 
-    def list_decisions(self, limit: int = 100) -> list[Decision]:
-        rows = self.db.execute("SELECT body FROM decisions ORDER BY ts DESC LIMIT ?", (limit,)).fetchall()
+    def list_decisions(self, limit: int = 100, workflow: str | None = None) -> list[Decision]:
+        sql, args = "SELECT body FROM decisions", tuple[Any, ...]()
+        if workflow is not None:
+            sql, args = sql + " WHERE workflow = ?", (workflow,)
+        rows = self.db.execute(sql + " ORDER BY ts DESC LIMIT ?", (*args, limit)).fetchall()
         return [Decision.model_validate_json(body) for (body,) in rows]
+
+    def decision_model(self, decision_id: str) -> tuple[str | None, str | None]:
+        """(model, workflow) of a recorded decision."""
+        row = self.db.execute("SELECT model, workflow FROM decisions WHERE id = ?", (decision_id,)).fetchone()
+        return (row[0], row[1]) if row else (None, None)
 
     def counts(self) -> dict[str, int]:
         """Open and resolved recommendations, and decisions."""
@@ -162,6 +262,7 @@ class Records:
         for status, n in self.db.execute("SELECT status, COUNT(*) FROM recommendations GROUP BY status"):
             out[status] = n
         out["decisions"] = self.db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
+        out["pending"] = self.db.execute("SELECT COUNT(*) FROM approvals WHERE status = 'pending'").fetchone()[0]
         return out
 
     @contextmanager
@@ -175,6 +276,29 @@ class Records:
             raise StoreError(f"agent records: {err}", retryable="locked" in str(err)) from err
         except sqlite3.Error as err:
             raise StoreError(f"agent records: {err}", retryable=False) from err
+
+
+_APPROVAL_COLS = ("id, created, tool, point_id, arguments, reason, decision_id, policy, status, decided, note,"
+                  " result")
+
+
+def _approval(row: tuple[Any, ...]) -> ApprovalRow:
+    (aid, created, tool, point_id, arguments, reason, decision_id, policy, status, decided, note, result) = row
+    return ApprovalRow(
+        id=aid, created=datetime.fromisoformat(created), tool=tool, point_id=point_id, arguments=json.loads(arguments),
+        reason=reason, decision_id=decision_id, policy=policy, status=status,
+        decided=datetime.fromisoformat(decided) if decided else None, note=note,
+        result=json.loads(result) if result else None,
+    )
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the columns a file from an older release lacks (agent.db outlives upgrades)."""
+    for table, column, kind in MIGRATIONS:
+        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    db.commit()
 
 
 def _body(rec: Recommendation, stored_id: str) -> str:
