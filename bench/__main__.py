@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from . import agent_host, bacnet, demo_memory, events, influx, mcp_read, mqtt, opcua, scan, validate
+from . import agent, agent_host, bacnet, demo_memory, events, influx, mcp_read, mqtt, opcua, scan, validate
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -56,6 +56,8 @@ def main(argv: list[str]) -> int:
     if "agent" in wanted:
         with console.status("agent: MCP host overhead per call over stdio..."):
             results["agent_host"] = agent_host.run()
+        with console.status("agent: decision cycles without an LLM, 50-point site..."):
+            results["agent_cycle"] = agent.run()
     if "memory" in wanted:
         with console.status(f"demo for {demo_memory.DURATION_S:.0f} s, sampling memory..."):
             results["demo_memory"] = demo_memory.run()
@@ -127,8 +129,9 @@ def _table(results: dict[str, Any]) -> Table:
                   f"{a['raw_p50_ms']:.2f} ms (mcp Client)", f"+{a['overhead_p50_ms']:.2f} ms", "overhead <= 3 ms")
     if c := results.get("agent_cycle"):
         t.add_row(f"agent: decision cycle, no LLM, {c['points']} points: p50 / p95",
-                  f"{c['p50_ms']:.0f} / {c['p95_ms']:.0f} ms", f"{c['raw_p50_ms']:.0f} ms (same calls, raw)",
-                  f"{c['ratio_p50']:.2f}x", "<= 200 ms")
+                  f"{c['cycle_p50_ms']:.0f} / {c['cycle_p95_ms']:.0f} ms",
+                  f"{c['raw_mcp_calls_p50_ms']:.0f} ms (same MCP calls, raw)", f"{c['ratio_p50_to_raw']:.2f}x",
+                  "<= 200 ms")
     for role, mb in sorted(results.get("demo_memory", {}).get("peak_rss_mb", {}).items()):
         target = {"modbus-server": "<= 100 MB", "mqtt-server": "<= 100 MB", "ingest": "<= 150 MB"}.get(role, "")
         t.add_row(f"demo peak RSS: {role}", f"{mb:.0f} MB", "", "", target)
