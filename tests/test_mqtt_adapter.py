@@ -342,3 +342,62 @@ def test_buffered_socket_serves_small_reads_from_one_system_call() -> None:
     finally:
         a.close()
         b.close()
+
+
+async def test_ingest_role_acknowledges_a_message_only_when_the_subscriber_says_so(mosquitto: Any) -> None:
+    """Manual acks (ingest role, persistent session): messages the subscriber did not acknowledge,
+    the broker sends again to the next client with the same id; acknowledged ones it does not."""
+    device = make_device(mosquitto.port, client_id="acks", clean_session=False, timeout_s=1)
+
+    async def run(publish: list[tuple[str, int]], want: int, acknowledge: bool) -> tuple[list[object], list[Any]]:
+        got, acks = Collector(), []
+
+        async def on_readings(batch: ReadingBatch, ack: Callable[[], None] | None) -> None:
+            acks.append(ack)
+            await got.on_readings(batch)
+            if acknowledge and ack is not None:
+                ack()
+
+        adapter = MqttAdapter([device], role="ingest")
+        # Before connecting, as ingest does: what the broker kept comes right after the CONNACK.
+        await adapter.subscribe(adapter.points(), on_readings, acks=True)
+        async with adapter:
+            with publisher(mosquitto.port) as pub:
+                for payload, qos in publish:
+                    pub.send("seq", payload, qos=qos)
+            await until(lambda: len(got.readings) >= want, f"{want} readings")
+            unacked = 0 if acknowledge else want
+            await until(lambda: adapter.health()[0]["unacked"] == unacked, f"{unacked} unacknowledged")
+        return [r.value for r in got.readings], acks
+
+    values, acks = await run([(str(n), 1) for n in range(5)], 5, acknowledge=False)
+    assert values == [0, 1, 2, 3, 4]
+    assert acks
+    assert all(a is not None for a in acks)
+    # Closed without acknowledging: the broker still holds all five for this session.
+    values, acks = await run([], 5, acknowledge=True)
+    assert values == [0, 1, 2, 3, 4]
+    # Acknowledged: a new session start brings only what is new. A QoS 0 message needs no ack.
+    values, acks = await run([("99", 0)], 1, acknowledge=True)
+    assert values == [99]
+    assert acks == [None]
+
+
+async def test_a_failing_subscriber_does_not_hold_messages_unacknowledged(mosquitto: Any) -> None:
+    device = make_device(mosquitto.port, client_id="acks-fail", clean_session=False)
+
+    calls: list[Callable[[], None] | None] = []
+
+    async def fails(_batch: ReadingBatch, ack: Callable[[], None] | None) -> None:
+        calls.append(ack)
+        raise RuntimeError("subscriber bug")
+
+    adapter = MqttAdapter([device], role="ingest")
+    await adapter.subscribe(adapter.points(), fails, acks=True)
+    async with adapter:
+        with publisher(mosquitto.port) as pub:
+            pub.send("seq", "1")
+        await until(lambda: len(calls) == 1, "the message handed to the subscriber")
+        assert calls[0] is not None  # a QoS 1 message waiting for its acknowledgement
+        # Its batch is dropped (logged) and counts as handled: acknowledged, not held for good.
+        await until(lambda: adapter.health()[0]["unacked"] == 0, "the message acknowledged")

@@ -27,7 +27,7 @@ import signal
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -146,6 +146,12 @@ class Ingest:
         # Validated readings waiting for the store, as batches (columns: no object per reading).
         self._pending: deque[ReadingBatch] = deque()
         self._pending_n = 0
+        # Manual MQTT acks: (position, ack) of pushed batches, fired once every reading up to that
+        # position has left the backlog (stored, or dropped by _trim). Positions count readings
+        # ever queued; the backlog is first in, first out, so "left" is one counter too.
+        self._acks: deque[tuple[int, Callable[[], None]]] = deque()
+        self._queued_total = 0
+        self._left_total = 0
         self._adapters: dict[str, Adapter] = {}
         self._stack = AsyncExitStack()  # the adapters
         self._store_stack = AsyncExitStack()  # the store we opened: closed after the writer's last flush
@@ -179,8 +185,9 @@ class Ingest:
                     # Subscribed BEFORE it connects: right after the CONNACK the broker sends what
                     # it kept for our persistent session (published while ingest was down), and
                     # an adapter with no subscriber yet would acknowledge those messages and drop them.
+                    # acks=True: the broker hears of a message only once its readings are stored.
                     await adapter.subscribe([p for d in devices for p in d.points], self._on_pushed,
-                                            self._on_dead_letter)  # type: ignore[call-arg]
+                                            self._on_dead_letter, acks=True)  # type: ignore[call-arg]
                 else:
                     adapter = build_adapter(proto, devices)
                 self._adapters[proto] = await self._stack.enter_async_context(adapter)
@@ -306,8 +313,9 @@ class Ingest:
             batch.extend(derived)
         self.events.observe(batch)
 
-    async def _on_pushed(self, batch: ReadingBatch) -> None:
-        """A batch from a pushing adapter: validate and queue, as a poll would."""
+    async def _on_pushed(self, batch: ReadingBatch, ack: Callable[[], None] | None = None) -> None:
+        """A batch from a pushing adapter: validate and queue, as a poll would. ``ack`` is called
+        once all of the batch has left the backlog (see _release)."""
         now = utcnow()
         self._validator.validate_batch(batch, to_us(now), self._stale)
         self._derive_and_publish(batch)
@@ -331,6 +339,9 @@ class Ingest:
                     self._wake.set()
                 await self._room.wait()
             self._enqueue(piece)
+        if ack is not None:
+            self._acks.append((self._queued_total, ack))
+            self._release()
 
     async def _on_dead_letter(self, letter: DeadLetter) -> None:
         """Keep the raw message for a person; count it; never let it stop ingest."""
@@ -475,6 +486,7 @@ class Ingest:
         if len(batch):
             self._pending.append(batch)
             self._pending_n += len(batch)
+            self._queued_total += len(batch)
             self._trim()
         if self._wake is not None:
             self._wake.set()
@@ -485,6 +497,7 @@ class Ingest:
             return
         self._stats.dropped += over
         self._pending_n -= over
+        self._left(over)  # lost and counted: their messages are acknowledged, not sent again forever
         log.warning("store backlog full (%d readings): dropped the %d oldest", self._backlog_limit, over)
         while over > 0:
             head = self._pending[0]
@@ -556,7 +569,22 @@ class Ingest:
                 self._room.set()
         return True
 
+    def _left(self, n: int) -> None:
+        self._left_total += n
+        if self._acks:
+            self._release()
+
+    def _release(self) -> None:
+        """Acknowledge, in order, the pushed batches that have wholly left the backlog."""
+        acks = self._acks
+        while acks and acks[0][0] <= self._left_total:
+            try:
+                acks.popleft()[1]()
+            except Exception:  # an adapter bug must not stop the writer
+                log.exception("acknowledging pushed readings failed")
+
     def _note_stored(self, batch: ReadingBatch) -> None:
+        self._left(len(batch))
         self._stats.readings_stored += len(batch)
         self._stats.bad_stored += batch.bad_count()
         h = self._store_health

@@ -6,21 +6,28 @@ Messages are decoded in that thread (``mqtt_payload``, pure) straight into a pen
 ``ReadingBatch`` (and the last-value table and bounded message buffer, except for the ingest
 role, which reads neither); one asyncio task hands each batch to the subscribers, so the event
 loop is woken once per batch, not once per message. No paho type leaves this module.
+
+The ingest role with a persistent session acknowledges QoS 1 messages itself (paho's manual
+acks): a subscriber that takes acks (``subscribe(..., acks=True)``) gets with each batch one
+callable that acknowledges all the messages behind it, and calls it once their readings are
+durable. Until then the broker keeps them in our session and sends them again after a crash.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import logging
 import math
 import ssl
+import struct
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -46,7 +53,7 @@ from ..models.mqtt import check_filter
 from .base import ConfiguredPoints, ReadingCallback
 from .mqtt_payload import PayloadDecoder
 
-__all__ = ["DeadLetterCallback", "MqttAdapter"]
+__all__ = ["AckCallback", "AckedReadingCallback", "DeadLetterCallback", "MqttAdapter"]
 
 _MAX_PENDING = 100_000  # readings waiting for subscribers before a network thread waits
 # After the first message of a batch wakes the event loop, it waits this long for more before
@@ -58,6 +65,11 @@ _BURST = 256  # packets read from memory per turn of paho's loop (see _Client.lo
 log = logging.getLogger(__name__)
 
 DeadLetterCallback = Callable[[DeadLetter], Awaitable[None]]
+AckCallback = Callable[[], None]
+# What a subscriber with ``acks=True`` is called with: the batch, and the callable that
+# acknowledges its messages (None when none of them needs it: QoS 0, or automatic acks).
+AckedReadingCallback = Callable[[ReadingBatch, AckCallback | None], Awaitable[None]]
+_Ack = tuple["_Link", int, int]  # (link, its connection number when the message came, message id)
 
 
 class _BufferedSocket:
@@ -137,6 +149,32 @@ class _Client(paho.Client):
             rc = super().loop_read(max_packets)
         return rc
 
+    def ack_all(self, mids: Sequence[int]) -> None:
+        """PUBACK each QoS 1 message id, in order, waking the network thread once for all of them.
+
+        paho's ``ack(mid, 1)`` queues the same packet but writes a wake-up byte per message; this
+        runs on the event loop for a whole batch at a time. Queueing from another thread is what
+        paho's own publish() does (a deque append, then the socket pair)."""
+        out = self._out_packet
+        for mid in mids:
+            out.append({"command": paho.PUBACK, "mid": mid, "qos": 1, "pos": 0, "to_process": 4,
+                        "packet": struct.pack("!BBH", paho.PUBACK, 2, mid), "info": None})
+        if self._sockpairW is not None:
+            with contextlib.suppress(BlockingIOError):  # full: the thread is awake already
+                self._sockpairW.send(b"0")
+        self._call_socket_register_write()
+
+    def _handle_pubrel(self) -> MQTTErrorCode:
+        # With manual acks paho leaves QoS 2's PUBCOMP to ack(), even for a PUBREL it knows
+        # nothing of (one the broker resends after our restart), which would hold that message
+        # id at the broker for good. A QoS 2 message is past recall once we sent PUBREC (the
+        # broker keeps only its id), so delaying PUBCOMP would save nothing: send it now.
+        rc = super()._handle_pubrel()
+        if self._manual_ack and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            (mid,) = struct.unpack_from("!H", self._in_packet["packet"])
+            return self._send_pubcomp(mid)
+        return rc
+
 
 def paho_client(conn: MqttConnection, client_id: str) -> paho.Client:
     """A paho client for a broker connection: session, credentials, TLS and reconnect backoff as
@@ -161,9 +199,10 @@ def paho_client(conn: MqttConnection, client_id: str) -> paho.Client:
 class _Subscriber:
     point_ids: frozenset[str]
     device_ids: frozenset[str]
-    callback: ReadingCallback
+    callback: ReadingCallback | AckedReadingCallback
     on_dead_letter: DeadLetterCallback | None
     every_point: bool  # takes every point the adapter serves: batches need no filtering
+    acks: bool  # called as callback(batch, ack): acknowledges the batch's messages itself
 
 
 @dataclass
@@ -177,6 +216,7 @@ class _Stats:
     received: int = 0
     readings: int = 0
     dead_letters: int = 0
+    unacked: int = 0  # QoS 1 messages handed on and not acknowledged yet (manual acks)
     extra: dict[str, int] = field(default_factory=dict)  # raw filters (subscribe_topics) -> qos
 
 
@@ -207,6 +247,13 @@ class _Link:
         self._waiters_lock = threading.RLock()
         self._cause: str | None = None  # the last socket error paho logged
         self._subscribe_mid: int | None = None  # the SUBSCRIBE made on connect
+        # Ingest with a persistent session acknowledges QoS 1 messages once their readings are
+        # stored (see MqttAdapter._acknowledge); everyone else lets paho acknowledge on receipt.
+        self.manual_ack = role == "ingest" and not conn.clean_session
+        # Bumped on every connect and disconnect: an acknowledgement is sent only on the
+        # connection its message came in on. Message ids belong to a connection's session, and
+        # what was not acknowledged before a reconnect the broker sends again anyway.
+        self.session = 0
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -222,6 +269,7 @@ class _Link:
             return
         client.suppress_exceptions = True  # an exception in a callback must not end the network thread
         client.max_queued_messages_set(0)
+        client.manual_ack_set(self.manual_ack)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -263,6 +311,7 @@ class _Link:
             self._answered()
             return
         first = self.stats.connects == 0
+        self.session += 1
         self.stats.connects += 1
         if not first:
             self.stats.reconnects += 1
@@ -296,6 +345,7 @@ class _Link:
 
     def _on_disconnect(self, _client: paho.Client, _u: Any, _flags: Any, reason: Any, _p: Any) -> None:
         was = self.stats.connected
+        self.session += 1
         self.stats.connected = self.stats.subscribed = False
         if self.client is None:  # our own disconnect() at close
             return
@@ -320,19 +370,34 @@ class _Link:
         self.stats.last_error = f"device_offline: {message}"
         log.warning("mqtt %s: %s", self.device.id, message)
 
-    def _on_message(self, _client: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+    def _on_message(self, client: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         received_us = time.time_ns() // 1000
+        adapter = self.adapter
+        ack: _Ack | None = None
+        if self.manual_ack and msg.qos == 1:
+            if adapter.draining:
+                return  # closing: left unacknowledged, so the broker sends it again next session
+            ack = (self, self.session, msg.mid)
         topic, payload = msg.topic, msg.payload
         stats = self.stats
         stats.received += 1
-        adapter = self.adapter
         if adapter.keeps_messages:
             adapter.remember(self.device.id, received_us, topic, payload, msg.qos, msg.retain)
         if stats.extra and not self.decoder.matches(topic) and self._raw_only(topic):
+            if ack is not None:
+                client.ack(msg.mid, 1)  # kept in the raw buffer: nothing more to wait for
             return  # asked for by subscribe_topics only: buffered, not a dead letter
-        readings, dead = adapter.arrived(self.decoder, topic, payload, received_us)
+        readings, dead = adapter.arrived(self.decoder, topic, payload, received_us, ack)
         stats.readings += readings
         stats.dead_letters += dead
+
+    def send_acks(self, mids: list[int]) -> None:
+        """PUBACK messages of the current connection (event loop; see _Client.ack_all)."""
+        client = self.client
+        if client is not None and self.stats.connected and isinstance(client, _Client):
+            # A reconnect in between would bump the session first (its backoff takes a second),
+            # so these never reach a broker before a new CONNECT.
+            client.ack_all(mids)
 
     def _raw_only(self, topic: str) -> bool:
         # tuple(dict) copies in one C call: the event loop may add filters meanwhile.
@@ -409,7 +474,8 @@ class _Link:
             "connected": s.connected, "online": s.connected, "subscribed": s.subscribed,
             "session_present": s.session_present,
             "last_error": s.last_error, "reconnects": s.reconnects, "received": s.received,
-            "readings": s.readings, "dead_letters": s.dead_letters, "subscriptions": list(self.filters()),
+            "readings": s.readings, "dead_letters": s.dead_letters, "unacked": s.unacked,
+            "subscriptions": list(self.filters()),
         }
 
 
@@ -461,7 +527,12 @@ class MqttAdapter(ConfiguredPoints[MqttDevice, MqttPoint]):
         self._stopping = False
         self._buffer: deque[tuple[int, int, str, str, bytes, int, bool]] = deque(maxlen=max(1, buffer_size))
         self._ids = itertools.count(1)
-        self._pending: tuple[ReadingBatch, list[DeadLetter]] = (ReadingBatch(), [])
+        # The batch being filled, its dead letters, and the QoS 1 messages behind them that wait
+        # for a manual acknowledgement.
+        self._pending: tuple[ReadingBatch, list[DeadLetter], list[_Ack]] = (ReadingBatch(), [], [])
+        self.draining = False  # closing: the network threads refuse new QoS 1 messages (manual acks)
+        self._rounds = 0  # delivered batches whose messages are not acknowledged yet
+        self._progress = asyncio.Event()
         self._wake_scheduled = False
         self._wake = asyncio.Event()
         self._closing = False
@@ -471,13 +542,37 @@ class MqttAdapter(ConfiguredPoints[MqttDevice, MqttPoint]):
     async def __aenter__(self) -> Self:
         self.loop = asyncio.get_running_loop()
         self._wake, self._closing, self._wake_scheduled = asyncio.Event(), False, False
-        self._stopping = False
+        self._progress = asyncio.Event()
+        self._stopping = self.draining = False
         self._pump = asyncio.create_task(self._deliver(), name="mqtt-deliver")
         for link in self._links.values():
             link.first_answer = asyncio.Event()
             link.start()
         await asyncio.gather(*(self._first_answer(link) for link in self._links.values()))
         return self
+
+    async def _settle(self) -> None:
+        """With manual acks: take no new QoS 1 messages, and give what was delivered a while to be
+        stored and acknowledged (on the open connection) before we disconnect. What is still not
+        acknowledged then, the broker sends again next session."""
+        links = [link for link in self._links.values() if link.manual_ack]
+        if not links:
+            return
+        self.draining = True
+        self._wake.set()  # hand on what is pending now, without the linger
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(link.device.connection.timeout_s for link in links)
+        while self._rounds or self._pending[2]:
+            self._progress.clear()  # set by each delivery and each acknowledgement
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._progress.wait()
+            except TimeoutError:
+                break
+        left = sum(link.stats.unacked for link in links)
+        if left:
+            log.warning("mqtt: %d messages not acknowledged at close (not stored yet); the broker keeps them "
+                        "for the next session", left)
 
     async def _first_answer(self, link: _Link) -> None:
         timeout = link.device.connection.timeout_s
@@ -489,8 +584,9 @@ class MqttAdapter(ConfiguredPoints[MqttDevice, MqttPoint]):
                         link.device.id, link.where, timeout)
 
     async def __aexit__(self, *exc: object) -> None:
-        # Stop the clients first, then deliver what they received: QoS 1 messages are already
-        # acknowledged to the broker, so dropping the last batch would lose them.
+        await self._settle()
+        # Stop the clients, then deliver what they received: messages acknowledged on receipt
+        # (QoS 0 and 2, or automatic acks) are the broker's no more, so dropping them would lose them.
         with self._lock:  # release a network thread waiting in arrived(), or stopping it would hang
             self._stopping = True
             self._drained.notify_all()
@@ -514,22 +610,29 @@ class MqttAdapter(ConfiguredPoints[MqttDevice, MqttPoint]):
         with self._lock:
             self._buffer.append((next(self._ids), received_us, device_id, topic, payload, qos, retain))
 
-    def arrived(self, decoder: PayloadDecoder, topic: str, payload: bytes, received_us: int) -> tuple[int, int]:
-        """Decode one message into the pending batch; returns (readings, dead letters)."""
+    def arrived(self, decoder: PayloadDecoder, topic: str, payload: bytes, received_us: int,
+                ack: _Ack | None = None) -> tuple[int, int]:
+        """Decode one message into the pending batch; returns (readings, dead letters). ``ack``: the
+        message waits for a manual acknowledgement, sent once its batch is handled."""
         if not self._subscribers:  # nobody to hand a batch to: only the last values matter
             scratch, letters = ReadingBatch(), []
             n = decoder.decode_into(topic, payload, received_us, scratch, letters)
             if self.keeps_messages:
                 self._keep_last(scratch, 0)
+            if ack is not None and ack[0].client is not None:
+                ack[0].client.ack(ack[2], 1)
             return n, len(letters)
         with self._lock:
-            batch, dead = self._pending
+            batch, dead, acks = self._pending
             start, had_dead = len(batch), len(dead)
             n = decoder.decode_into(topic, payload, received_us, batch, dead)
             if self.keeps_messages:
                 self._keep_last(batch, start)
             got_dead = len(dead) - had_dead
-            wake = not self._wake_scheduled and self.loop is not None and bool(n or got_dead)
+            if ack is not None:
+                acks.append(ack)
+                ack[0].stats.unacked += 1
+            wake = not self._wake_scheduled and self.loop is not None and bool(n or got_dead or ack)
             self._wake_scheduled = self._wake_scheduled or wake
             behind = len(batch) > _MAX_PENDING
         if wake:
@@ -556,29 +659,55 @@ class MqttAdapter(ConfiguredPoints[MqttDevice, MqttPoint]):
             self._wake.clear()
             with self._lock:
                 self._wake_scheduled = False
-                (batch, dead), self._pending = self._pending, (ReadingBatch(), [])
+                (batch, dead, acks), self._pending = self._pending, (ReadingBatch(), [], [])
                 self._drained.notify_all()
+            # The messages are acknowledged once every subscriber is done with them: each one
+            # that takes acks calls its share, and returning from the callbacks is the last share
+            # (dead letters are stored by then).
+            rnd = _Round(self, acks) if acks else None
             for i, sub in enumerate(list(self._subscribers)):
-                await self._hand(sub, batch, dead, copy=i > 0)
+                await self._hand(sub, batch, dead, i > 0, rnd)
+            if rnd is not None:
+                rnd.done()
+            self._progress.set()
             if self._closing:
                 return
 
-    async def _hand(self, sub: _Subscriber, batch: ReadingBatch, dead: list[DeadLetter], copy: bool) -> None:
+    async def _hand(self, sub: _Subscriber, batch: ReadingBatch, dead: list[DeadLetter], copy: bool,
+                    rnd: _Round | None) -> None:
         if sub.every_point:
             # Each subscriber may mark its readings (validation) without touching another's.
             mine = batch.copy() if copy else batch
         else:
             wanted = sub.point_ids
             mine = batch.select([i for i, pid in enumerate(batch.point_id) if pid in wanted])
+        ack = rnd.share() if rnd is not None and sub.acks and len(mine) else None
         try:
             if len(mine):
-                await sub.callback(mine)
+                await (sub.callback(mine, ack) if sub.acks else sub.callback(mine))  # type: ignore[call-arg]
             if sub.on_dead_letter is not None:
                 for letter in dead:
                     if letter.source.removeprefix("mqtt:") in sub.device_ids:
                         await sub.on_dead_letter(letter)
         except Exception:  # one failing subscriber must not stop delivery
             log.exception("mqtt: a subscriber callback failed; its batch of %d readings is dropped", len(mine))
+            if ack is not None:
+                ack()  # dropped counts as handled: else the broker would hold these messages for good
+
+    def _acknowledge(self, acks: list[_Ack]) -> None:
+        """PUBACK a handled round's messages, per connection, in the order they came (event loop)."""
+        self._rounds -= 1
+        self._progress.set()
+        mids: dict[_Link, list[int]] = {}
+        for link, session, mid in acks:
+            if session == link.session:  # else that connection is gone: the broker sends it again
+                mids.setdefault(link, []).append(mid)
+        for link, ids in mids.items():
+            link.send_acks(ids)
+        counts = Counter(link for link, _s, _m in acks)
+        with self._lock:  # the network threads count up under it
+            for link, n in counts.items():
+                link.stats.unacked -= n
 
     # -- the adapter interface -------------------------------------------------------------
 
@@ -601,16 +730,22 @@ class MqttAdapter(ConfiguredPoints[MqttDevice, MqttPoint]):
                                    device_id=known.device_id))
         return out
 
-    async def subscribe(self, points: Sequence[Point], callback: ReadingCallback,
-                        on_dead_letter: DeadLetterCallback | None = None) -> None:
+    async def subscribe(self, points: Sequence[Point], callback: ReadingCallback | AckedReadingCallback,
+                        on_dead_letter: DeadLetterCallback | None = None, *, acks: bool = False) -> None:
         """Register ``callback`` for batches of readings of ``points`` (and ``on_dead_letter`` for
-        the dead letters of their devices) until the adapter closes. Returns at once."""
+        the dead letters of their devices) until the adapter closes. Returns at once.
+
+        With ``acks=True`` the callback is called as ``callback(batch, ack)``: ``ack`` (or None
+        when nothing waits for it) must be called once the batch is durable, and acknowledges to
+        the broker the QoS 1 messages behind it (manual acks: the ingest role, persistent session).
+        Dead letters count as handled when ``on_dead_letter`` returns."""
         ids = frozenset(p.id for p in points if p.id in self._points)
         unknown = [p.id for p in points if p.id not in self._points]
         if unknown:
             log.warning("mqtt: subscribe ignores points it does not serve: %s", ", ".join(unknown[:10]))
         devices = frozenset(self._points[i].device_id for i in ids)
-        self._subscribers.append(_Subscriber(ids, devices, callback, on_dead_letter, ids >= frozenset(self._points)))
+        self._subscribers.append(_Subscriber(ids, devices, callback, on_dead_letter, ids >= frozenset(self._points),
+                                             acks))
 
     async def write(self, point: Point, value: Value) -> None:
         """Publish ``value`` to the point's command topic; for QoS >= 1 wait for the PUBACK."""
@@ -692,6 +827,34 @@ class MqttAdapter(ConfiguredPoints[MqttDevice, MqttPoint]):
         if link is None:
             raise DeviceError(f"no MQTT device '{device_id}'", code="invalid_argument", device=device_id)
         return link
+
+
+class _Round:
+    """One delivered batch's manual acknowledgements: sent when every share of it is done."""
+
+    __slots__ = ("acks", "adapter", "waiting")
+
+    def __init__(self, adapter: MqttAdapter, acks: list[_Ack]) -> None:
+        self.adapter, self.acks, self.waiting = adapter, acks, 1  # 1: the delivery itself
+        adapter._rounds += 1
+
+    def share(self) -> AckCallback:
+        """One subscriber's part; calling it again does nothing."""
+        self.waiting += 1
+        called = False
+
+        def ack() -> None:
+            nonlocal called
+            if not called:
+                called = True
+                self.done()
+
+        return ack
+
+    def done(self) -> None:
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.adapter._acknowledge(self.acks)
 
 
 def _publish(client: paho.Client, topic: str, payload: bytes, qos: int, retain: bool) -> tuple[MQTTErrorCode, int]:
