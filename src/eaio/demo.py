@@ -121,13 +121,17 @@ def _summary(cfg: SiteConfig) -> dict[str, object]:
     """What the run produced, read through the store's and the records' own query APIs."""
     counts, points, dead = asyncio.run(_store_counts(cfg))
     messages: list[str] = []
+    pending = 0
     agent_db = agent_db_path(cfg)
     if agent_db.exists():
         with Records(agent_db) as records:
             messages = [r.recommendation.message for r in records.list_recommendations(status=None)]
+            pending = len(records.list_approvals("pending"))
     return {
         "readings_stored": counts.total,
         "bad_readings": counts.bad,
+        "uncertain_readings": counts.uncertain,
+        "pending_approvals": pending,
         "points_seen": points,
         "dead_letters": dead,
         "recommendations": len(messages),
@@ -287,9 +291,12 @@ def _print_summary(cfg: SiteConfig) -> None:
     s = _summary(cfg)
     out.print("[bold]summary[/bold]")
     out.print(f"  readings stored  {s['readings_stored']} ({s['points_seen']} points)")
-    out.print(f"  bad readings     {s['bad_readings']}")
+    out.print(f"  bad readings     {s['bad_readings']}  (uncertain {s['uncertain_readings']})")
     if cfg.devices_for("mqtt"):
         out.print(f"  dead letters     {s['dead_letters']}")
     out.print(f"  recommendations  {s['recommendations']}")
     for msg in s["recommendation_messages"]:  # type: ignore[attr-defined]
         out.print(f"    - {msg}")
+    if s["pending_approvals"]:
+        out.print(f"  writes awaiting approval  {s['pending_approvals']}  "
+                  f"(eaio approvals --config {cfg.source}; eaio approve ID / eaio reject ID)")
