@@ -6,7 +6,6 @@ Under CI=true a missing ``mosquitto`` program fails the test instead of skipping
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from conftest import free_port
 from eaio.broker import find_mosquitto, write_mosquitto_conf
+from helpers import stop_process
 
 MOSQUITTO = find_mosquitto()
 
@@ -94,13 +94,7 @@ class Broker:
         """A clean stop: mosquitto saves its persistent sessions on SIGTERM."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         if self.proc.stderr:
             self.proc.stderr.close()
         self.proc = None

@@ -69,6 +69,17 @@ async def until(check: Callable[[], Awaitable[T | None]], what: str, within: flo
     pytest.fail(f"timed out after {within} s waiting for {what}")
 
 
+def stop_process(proc: subprocess.Popen[Any], grace_s: float = 10.0) -> None:
+    """SIGTERM (a server's clean stop: it saves what it must), then SIGKILL after ``grace_s``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], limit_s: float = 20.0) -> None:
     """Until a TCP port on 127.0.0.1 accepts connections; fail early if ``proc`` exits."""
     deadline = time.monotonic() + limit_s
@@ -95,12 +106,6 @@ def serve_http(cfg: SiteConfig, protocol: str, port: int) -> Iterator[subprocess
         wait_for_port(port, proc)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         if proc.stderr:
             proc.stderr.close()

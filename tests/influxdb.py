@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 from conftest import free_ports
+from helpers import stop_process
 
 __all__ = ["Influxd", "require_influxd"]
 
@@ -126,13 +126,7 @@ class Influxd:
         """SIGTERM and wait (SIGKILL after 10 s)."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._reap()
 
     def kill(self) -> None:
