@@ -18,11 +18,12 @@ from typing import Any, Self
 
 import httpx2
 
-from ..config import InfluxSettings, SiteConfig
+from ..config import InfluxSettings
 from ..errors import StoreError
-from ..models import DeadLetter, Point, Reading, ReadingBatch, from_us, to_us
+from ..models import DeadLetter, Point, Reading, from_us, to_us
 from .base import Aggregate, Bucket
-from .lineproto import LineEncoder, reading_from_row
+from .influx_base import InfluxStoreBase
+from .lineproto import reading_from_row
 from .sqlite import StoreCounts
 
 __all__ = ["InfluxV1Store", "influxql_ident", "influxql_regex", "influxql_string"]
@@ -66,15 +67,11 @@ def _error_text(resp: httpx2.Response) -> str:
     return str(body.get("error", body)) if isinstance(body, dict) else resp.text
 
 
-class InfluxV1Store:
+class InfluxV1Store(InfluxStoreBase):
     """``async with InfluxV1Store(settings, site_id, points) as store: ...``"""
 
     def __init__(self, settings: InfluxSettings, site_id: str, points: Iterable[Point] = ()) -> None:
-        self.settings = settings
-        self.site_id = site_id
-        points = list(points)
-        self.encoder = LineEncoder(settings.measurement, site_id, points)
-        self._binary = frozenset(p.id for p in points if p.is_binary)
+        super().__init__(settings, site_id, points)
         self._client: httpx2.AsyncClient | None = None
         self._db_ready = False
         self._m = influxql_ident(settings.measurement)
@@ -86,13 +83,6 @@ class InfluxV1Store:
         if settings.retention_policy:
             self._write_params["rp"] = settings.retention_policy
         self._query_params = {"db": settings.database, "epoch": "u", **auth}
-
-    @classmethod
-    def from_config(cls, cfg: SiteConfig) -> InfluxV1Store:
-        settings = cfg.storage.influxdb
-        if settings is None:
-            raise StoreError("storage.influxdb is not configured", retryable=False)
-        return cls(settings, cfg.site.id, cfg.points())
 
     # -- lifetime ------------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -150,14 +140,6 @@ class InfluxV1Store:
         self._db_ready = True
 
     # -- writes --------------------------------------------------------------------------------
-    async def write(self, readings: Sequence[Reading] | ReadingBatch) -> int:
-        """One POST of every reading (bad ones too); returns how many were written."""
-        b = readings if isinstance(readings, ReadingBatch) else ReadingBatch.from_readings(readings)
-        if not len(b):
-            return 0
-        await self.write_lines(self.encoder.encode(b))
-        return len(b)
-
     async def write_lines(self, body: bytes, precision: str = "u") -> None:
         """POST pre-encoded line protocol (``precision`` as InfluxDB 1.x spells it: n, u, ms, s)."""
         if not body:

@@ -23,11 +23,12 @@ from influxdb_client.client.flux_table import TableList
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
-from ..config import InfluxSettings, SiteConfig
+from ..config import InfluxSettings
 from ..errors import StoreError
-from ..models import DeadLetter, Point, Reading, ReadingBatch, from_us, to_us
+from ..models import DeadLetter, Point, Reading, from_us, to_us
 from .base import Aggregate, Bucket
-from .lineproto import LineEncoder, reading_from_row
+from .influx_base import InfluxStoreBase
+from .lineproto import reading_from_row
 from .sqlite import StoreCounts
 
 __all__ = ["InfluxV2Store", "flux_string"]
@@ -64,28 +65,17 @@ def _error(op: str, err: Exception) -> StoreError:
     return StoreError(f"influxdb {op}: cannot reach the server: {err!r}", retryable=True)
 
 
-class InfluxV2Store:
+class InfluxV2Store(InfluxStoreBase):
     """``async with InfluxV2Store(settings, site_id, points) as store: ...``"""
 
     def __init__(self, settings: InfluxSettings, site_id: str, points: Iterable[Point] = ()) -> None:
         if not settings.token or not settings.org:
             raise StoreError("InfluxDB 2 needs 'token' and 'org' (storage.influxdb)", retryable=False)
-        self.settings = settings
-        self.site_id = site_id
-        points = list(points)
-        self.encoder = LineEncoder(settings.measurement, site_id, points)
-        self._binary = frozenset(p.id for p in points if p.is_binary)
+        super().__init__(settings, site_id, points)
         self._client: InfluxDBClient | None = None
         self._where = (f"r._measurement == {flux_string(settings.measurement)} and "
                        f"r.site == {flux_string(site_id)}")
         self._from = f"from(bucket: {flux_string(settings.bucket)})"
-
-    @classmethod
-    def from_config(cls, cfg: SiteConfig) -> InfluxV2Store:
-        settings = cfg.storage.influxdb
-        if settings is None:
-            raise StoreError("storage.influxdb is not configured", retryable=False)
-        return cls(settings, cfg.site.id, cfg.points())
 
     # -- lifetime ------------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -116,14 +106,6 @@ class InfluxV2Store:
         return await asyncio.to_thread(call)
 
     # -- writes --------------------------------------------------------------------------------
-    async def write(self, readings: Sequence[Reading] | ReadingBatch) -> int:
-        """One POST of every reading (bad ones too); returns how many were written."""
-        b = readings if isinstance(readings, ReadingBatch) else ReadingBatch.from_readings(readings)
-        if not len(b):
-            return 0
-        await self.write_lines(self.encoder.encode(b))
-        return len(b)
-
     async def write_lines(self, body: bytes, precision: str = WritePrecision.US) -> None:
         """POST pre-encoded line protocol (``precision``: ns, us, ms, s)."""
         if not body:
