@@ -39,6 +39,7 @@ from typing import Any, Self, TypeVar
 
 from ..errors import StoreError
 from ..models import DeadLetter, Quality, ReadingBatch, to_us, utcnow
+from .sqlite import DEAD_LETTER_DDL, INSERT_DEAD_LETTER, dead_letter_row
 
 __all__ = ["BUFFER_SCHEMA_VERSION", "DurableBuffer", "decode_chunk", "encode_chunk", "read_outbox"]
 
@@ -72,21 +73,12 @@ CREATE TABLE IF NOT EXISTS parked (
     parked_at INTEGER NOT NULL,   -- microseconds since 1970-01-01 UTC
     error     TEXT    NOT NULL    -- what the store said
 );
-CREATE TABLE IF NOT EXISTS dead_letter (
-    received_at INTEGER NOT NULL,
-    source      TEXT    NOT NULL,
-    topic       TEXT    NOT NULL DEFAULT '',
-    reason      TEXT    NOT NULL,
-    detail      TEXT    NOT NULL DEFAULT '',
-    payload     BLOB
-);
-PRAGMA user_version = {BUFFER_SCHEMA_VERSION};
+{DEAD_LETTER_DDL}PRAGMA user_version = {BUFFER_SCHEMA_VERSION};
 """
 _INSERT = "INSERT INTO outbox (n, ts_min, ts_max, data) VALUES (?, ?, ?, ?)"
 _PEEK = "SELECT seq, n, data FROM outbox WHERE seq > ? ORDER BY seq"
 _PARK = ("INSERT INTO parked (seq, n, ts_min, ts_max, data, parked_at, error) "
          "SELECT seq, n, ts_min, ts_max, data, ?, ? FROM outbox WHERE seq <= ?")
-_INSERT_DEAD = "INSERT INTO dead_letter (received_at, source, topic, reason, detail, payload) VALUES (?, ?, ?, ?, ?, ?)"
 
 
 def encode_chunk(b: ReadingBatch) -> bytes:
@@ -342,8 +334,8 @@ class DurableBuffer:
 
     # -- dead letters ----------------------------------------------------------------------
     async def add_dead_letter(self, letter: DeadLetter) -> None:
-        row = (to_us(letter.received_at), letter.source, letter.topic, letter.reason, letter.detail, letter.payload)
-        await self._run("add_dead_letter", lambda conn: conn.execute(_INSERT_DEAD, row))
+        row = dead_letter_row(letter)
+        await self._run("add_dead_letter", lambda conn: conn.execute(INSERT_DEAD_LETTER, row))
 
     async def dead_letter_count(self) -> int:
         return await self._run("dead_letter_count",

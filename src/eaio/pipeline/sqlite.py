@@ -36,10 +36,29 @@ _VTYPE = {float: _FLOAT, int: _INT, bool: _BOOL}
 _QBITS = {Quality.GOOD: 0, Quality.UNCERTAIN: 4, Quality.BAD: 8}
 _QUALITY = (Quality.GOOD, Quality.UNCERTAIN, Quality.BAD)
 
+# Input that could not become readings, with its raw bytes; the durable buffer keeps one too.
+DEAD_LETTER_DDL = """
+CREATE TABLE IF NOT EXISTS dead_letter (
+    received_at INTEGER NOT NULL,
+    source      TEXT    NOT NULL,
+    topic       TEXT    NOT NULL DEFAULT '',
+    reason      TEXT    NOT NULL,
+    detail      TEXT    NOT NULL DEFAULT '',
+    payload     BLOB
+);
+"""
+INSERT_DEAD_LETTER = ("INSERT INTO dead_letter (received_at, source, topic, reason, detail, payload) "
+                      "VALUES (?, ?, ?, ?, ?, ?)")
+
+
+def dead_letter_row(letter: DeadLetter) -> tuple[object, ...]:
+    return (to_us(letter.received_at), letter.source, letter.topic, letter.reason, letter.detail, letter.payload)
+
+
 # A series is one point as one device reported it in one unit (as InfluxDB keys a series by its
 # tags): readings carry its small integer id, so each row and each index entry stays a few
 # bytes, which is what makes 100k rows/s possible. device_id '' stands for none.
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS series (
     sid       INTEGER PRIMARY KEY,
     point_id  TEXT NOT NULL,
@@ -56,15 +75,7 @@ CREATE TABLE IF NOT EXISTS readings (
     detail  TEXT
 );
 CREATE INDEX IF NOT EXISTS readings_sid_ts ON readings (sid, ts);
-CREATE TABLE IF NOT EXISTS dead_letter (
-    received_at INTEGER NOT NULL,
-    source      TEXT    NOT NULL,
-    topic       TEXT    NOT NULL DEFAULT '',
-    reason      TEXT    NOT NULL,
-    detail      TEXT    NOT NULL DEFAULT '',
-    payload     BLOB
-);
--- For people with the sqlite3 shell: readings as they were written, one row each.
+{DEAD_LETTER_DDL}-- For people with the sqlite3 shell: readings as they were written, one row each.
 CREATE VIEW IF NOT EXISTS reading_rows AS
 SELECT s.point_id, strftime('%Y-%m-%dT%H:%M:%fZ', r.ts / 1e6, 'unixepoch') AS time, r.ts AS ts_us, r.value,
        CASE r.flags >> 2 WHEN 0 THEN 'good' WHEN 1 THEN 'uncertain' ELSE 'bad' END AS quality,
@@ -88,7 +99,6 @@ INSERT INTO readings (sid, ts, value, flags, reasons, detail)
 DROP TABLE readings_v1;
 """
 
-_INSERT_DEAD = "INSERT INTO dead_letter (received_at, source, topic, reason, detail, payload) VALUES (?, ?, ?, ?, ?, ?)"
 _INSERT = "INSERT INTO readings (sid, ts, value, flags, reasons, detail) VALUES (?, ?, ?, ?, ?, ?)"
 _INSERT_PLAIN = "INSERT INTO readings (sid, ts, value, flags) VALUES (?, ?, ?, ?)"
 # The same rows from one JSON array of row arrays. `->>` (SQLite >= 3.38) is the faster way to
@@ -316,10 +326,10 @@ class SqliteStore:
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:
         """Keep a message that could not become a reading, raw bytes and all, for a person to look at."""
-        row = (to_us(letter.received_at), letter.source, letter.topic, letter.reason, letter.detail, letter.payload)
+        row = dead_letter_row(letter)
 
         def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(_INSERT_DEAD, row)
+            conn.execute(INSERT_DEAD_LETTER, row)
 
         await self._run("add_dead_letter", insert)
 
