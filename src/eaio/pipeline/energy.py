@@ -83,18 +83,12 @@ class Step:
     flag: str | None = None  # counter_rollover | counter_reset | counter_jump
 
 
-class IntervalEnergy(BaseModel):
-    """Energy used in one epoch-aligned interval [start, end)."""
+class _Flagged(BaseModel):
+    """An interval's figure and the flags its samples raised."""
 
     model_config = ConfigDict(frozen=True)
 
-    start: AwareDatetime
-    end: AwareDatetime
-    energy: float
-    unit: str = ""
-    coverage: float  # fraction of the interval spanned by samples (0..1)
-    samples: int  # good samples taken inside the interval
-    flags: tuple[str, ...] = ()  # partial_interval, counter_reset, counter_jump, counter_rollover
+    flags: tuple[str, ...] = ()
 
     @property
     def reasons(self) -> list[str]:
@@ -106,10 +100,20 @@ class IntervalEnergy(BaseModel):
         return not self.reasons
 
 
-class IntervalDemand(BaseModel):
-    """Time-weighted mean power of one interval [start, end); ``demand`` is None without coverage."""
+class IntervalEnergy(_Flagged):
+    """Energy used in one epoch-aligned interval [start, end)."""
 
-    model_config = ConfigDict(frozen=True)
+    start: AwareDatetime
+    end: AwareDatetime
+    energy: float
+    unit: str = ""
+    coverage: float  # fraction of the interval spanned by samples (0..1)
+    samples: int  # good samples taken inside the interval
+    flags: tuple[str, ...] = ()  # partial_interval, counter_reset, counter_jump, counter_rollover
+
+
+class IntervalDemand(_Flagged):
+    """Time-weighted mean power of one interval [start, end); ``demand`` is None without coverage."""
 
     start: AwareDatetime
     end: AwareDatetime
@@ -119,14 +123,6 @@ class IntervalDemand(BaseModel):
     samples: int
     peak: float | None = None  # highest power sample inside the interval (power points only)
     flags: tuple[str, ...] = ()
-
-    @property
-    def reasons(self) -> list[str]:
-        return [f for f in self.flags if f != COUNTER_ROLLOVER]
-
-    @property
-    def good(self) -> bool:
-        return not self.reasons
 
 
 # -- the streaming core ----------------------------------------------------------------------------
