@@ -455,9 +455,8 @@ class Ingest:
         except Exception as err:  # an adapter bug must not stop this device's polling, nor the others'
             log.exception("read of %s failed unexpectedly", group.device_id)
             readings = failed_readings(points, f"protocol_error: {type(err).__name__}: {err}")
-        self._validator.validate(readings, utcnow(), self._stale)
+        batch = self._validator.validate_readings(readings, utcnow(), self._stale)
         self._note_poll(group.device_id, readings)
-        batch = ReadingBatch.from_readings(readings)
         self._derive_and_publish(batch)
         self._enqueue(batch)
         return readings

@@ -223,13 +223,19 @@ class QualityValidator:
         (spike, flatline, stale) and is updated. Points without a rule (not in the config) keep
         their quality. A converted reading gets its new value and unit.
         """
+        self.validate_readings(readings, now, state)
+        return readings
+
+    def validate_readings(self, readings: list[Reading], now: datetime, state: RuleState | None = None) -> ReadingBatch:
+        """``validate``, returning the batch the readings were validated as (the form the store and
+        the event bus take), so a caller that needs both does not build it twice."""
         batch = ReadingBatch.from_readings(readings)
         for i in self._validate(batch, to_us(now), state):
             readings[i].value, readings[i].unit = batch.value[i], batch.unit[i]
         for i in batch.reasons:
             r = readings[i]
-            r.quality, r.reasons = batch.quality[i], batch.reasons[i]
-        return readings
+            r.quality, r.reasons = batch.quality[i], list(batch.reasons[i])
+        return batch
 
     def validate_batch(self, batch: ReadingBatch, now_us: int, state: RuleState | None = None) -> None:
         """Mark quality on the batch's rows in place (``now_us``: microseconds since the epoch)."""
