@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -196,6 +196,7 @@ class FlakyTarget(SqliteStore):
         self.fail_opens = fail_opens
         self.attempts = 0
         self.accepted: list[int] = []  # the size of each batch written
+        self.on_attempt: Callable[[], None] | None = None  # called as each write begins
 
     async def __aenter__(self) -> FlakyTarget:
         if self.fail_opens:
@@ -205,6 +206,8 @@ class FlakyTarget(SqliteStore):
 
     async def write(self, readings: Sequence[Reading] | ReadingBatch) -> int:
         self.attempts += 1
+        if self.on_attempt is not None:
+            self.on_attempt()
         if self.attempts <= self.fail_first:
             raise StoreError("connection refused (test)", retryable=True)
         if isinstance(readings, ReadingBatch) and self.refuse_point in readings.point_id:
@@ -220,20 +223,18 @@ async def test_retryable_failures_retry_the_same_batch_with_backoff_and_keep_ord
                           batch_size=300,
                           retry_initial_s=0.01, retry_max_s=0.05)
     seen: list[StoreHealth] = []
+    # The health as each write attempt begins: from the second on, it reports the one before. Taken
+    # there, not by polling, since five quick failures may all pass between two polls.
+    target.on_attempt = lambda: seen.append(fwd.health())
     async with fwd:
         for i in range(5):
             await fwd.write(batch(400, start=400 * i))
-
-        async def failing() -> StoreHealth | None:
-            h = fwd.health()
-            seen.append(h)
-            return h if h.ok is False else None
-
-        down = await until(failing, "the store's health to show the failure")
+        assert await fwd.drain(30)
+        down = next((h for h in seen if h.ok is False), None)
+        assert down is not None, "the store's health never showed the failure"
         assert down.last_error
         assert "connection refused" in down.last_error
         assert down.last_error_at
-        assert await fwd.drain(30)
         h = fwd.health()
         assert h.ok is True
         assert h.retries == 5
