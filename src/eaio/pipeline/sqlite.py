@@ -254,11 +254,16 @@ class SqliteStore:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"schema version {version} is newer than this EAIO ({SCHEMA_VERSION})")
+        if version == SCHEMA_VERSION:
+            # Current already: no write transaction. A reader opening the file while ingest writes
+            # would otherwise need the write lock, and in WAL mode a read that turns into a write
+            # behind a busy writer fails at once ("database is locked") instead of waiting.
+            return
         old = version == 1 and conn.execute(
             "SELECT 1 FROM pragma_table_info('readings') WHERE name = 'point_id'").fetchone() is not None
         # One transaction: a migration that fails half way leaves the version-1 tables as they were.
         script = _MIGRATE_V1.format(schema=_SCHEMA) if old else _SCHEMA
-        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
+        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
 
     def _series(self, conn: sqlite3.Connection, b: ReadingBatch) -> list[int]:
         """The series id of every row, adding series seen for the first time."""
