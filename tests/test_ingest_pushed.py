@@ -75,9 +75,12 @@ async def test_changes_arrive_pushed_and_polling_covers_an_outage(pushing_site: 
         building.inject(SimFaultSpec(kind="offline", target=device_id))
         await until(lambda: _failing(store, probe, since), f"comm_failure readings of {probe}", 20)
         building.clear_faults(device_id)
-        back = utcnow()
-        await until(lambda: _good_since(store, probe, back), f"good {probe} readings again", 20)
+        # Back: the latest reading is good again (a subscription's first report of a steady
+        # value is stamped when it arrived, not when the value last changed, before the outage),
+        # and the device is known to answer even when no point is left to poll.
+        await until(lambda: _recovered(store, probe, since), f"a good {probe} reading after the failures", 20)
         await until(lambda: _async(len(adapter.pushed(cfg.points())) == len(ids)), "subscribed again", 20)
+        await until(lambda: _async(ingest.stats().devices[device_id].last_ok is True), "the device answering", 20)
 
 
 async def _async(value: bool) -> bool:
@@ -98,9 +101,12 @@ async def _failing(store: SqliteStore, point_id: str, since: Any) -> bool:
     return any(r.quality == Quality.BAD and "comm_failure" in r.reasons for r in rows)
 
 
-async def _good_since(store: SqliteStore, point_id: str, since: Any) -> bool:
+async def _recovered(store: SqliteStore, point_id: str, since: Any) -> bool:
+    """The latest reading since ``since`` is good and later than the last failed one."""
     rows = await store.history(point_id, since, utcnow())
-    return any(r.quality == Quality.GOOD for r in rows)
+    failed = [r.ts for r in rows if "comm_failure" in r.reasons]
+    latest = max(rows, key=lambda r: r.ts, default=None)
+    return bool(failed) and latest is not None and latest.quality == Quality.GOOD and latest.ts > max(failed)
 
 
 # protocol -> (a point whose limits and unit ingest's site file leaves out, a value beyond the

@@ -16,11 +16,12 @@ from typing import Any
 
 import anyio
 import pytest
+from asyncua import Server, ua
 
 from certs import make_certs
 from eaio.config import SimFaultSpec, SiteConfig, load_config
 from eaio.errors import DeviceError
-from eaio.models import OpcuaDevice, OpcuaPoint, Quality, ReadingBatch, Reason, utcnow
+from eaio.models import OpcuaDevice, OpcuaPoint, Quality, ReadingBatch, Reason, to_us, utcnow
 from eaio.protocol_adapters import build_adapter
 from eaio.protocol_adapters.opcua import OpcuaAdapter
 from eaio.sim.runner import SimThread
@@ -101,7 +102,9 @@ async def test_reads_every_point_in_one_request(building: Building) -> None:
         asked = []
         for _ in range(3):  # asyncua's status probe (a Read too) may fall into one window
             before, mine = sim.request_count(DEVICE), a.request_count()
+            sent = utcnow()
             readings = await a.read(points(cfg))
+            answered = utcnow()
             asked.append((sim.request_count(DEVICE) - before, a.request_count() - mine))
         assert (1, 1) in asked, asked  # seven nodes, one Read
         assert [r.point_id for r in readings] == CHW
@@ -109,7 +112,7 @@ async def test_reads_every_point_in_one_request(building: Building) -> None:
             assert r.quality == Quality.GOOD, (r.point_id, r.reasons, r.detail)
             assert same(r.value, sim.value(r.point_id)), (r.point_id, r.value, sim.value(r.point_id))
             assert (r.unit, r.device_id) == (p.unit, DEVICE)
-            assert abs((utcnow() - r.ts).total_seconds()) < 5  # the face's source timestamp
+            assert sent <= r.ts <= answered  # when the Read was answered, not when the value changed
         assert readings[2].value is sim.value("chw.pump_cmd")  # a bool point reads a bool
         health = a.health()[0]
         assert {k: health[k] for k in ("device_id", "online", "session", "sessions", "subscriptions", "failures")} \
@@ -213,6 +216,62 @@ async def test_subscriptions_push_changes_and_come_back_after_an_outage(building
         sim.set_value("chw.dp_sp", 66.5)
         await eventually(lambda: seen("chw.dp_sp", 66.5), 5)
         assert await all_good(a, cfg)
+
+
+async def test_a_read_is_stamped_when_answered_and_a_change_when_it_happened() -> None:
+    """A server that stamps a value when it changes (Part 4, 7.7.3), here a setpoint last written
+    an hour ago: a Read is stamped when answered (the hour-old stamp would look stale); a new
+    subscription's first report, the current value, is stamped on arrival; a later change keeps
+    the time the server gives it, or with ``change_time: received`` (a PLC whose clock is off)
+    the time it arrived. Two devices on the one server: one of each."""
+    with socket.socket() as probe:  # a free port for the server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = Server()
+    await server.init()
+    server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/stamps")
+    ns = await server.register_namespace("urn:eaio:test:stamps")
+    node = await server.nodes.objects.add_variable(ua.NodeId("Setpoint", ns), "Setpoint", 60.0)
+    hour_ago = utcnow() - timedelta(hours=1)
+    await server.write_attribute_value(node.nodeid, ua.DataValue(ua.Variant(60.0, ua.VariantType.Double),
+                                                                 SourceTimestamp=hour_ago, ServerTimestamp=hour_ago))
+    devices = [OpcuaDevice.model_validate({
+        "id": dev_id, "protocol": "opcua",
+        "connection": {"endpoint": f"opc.tcp://127.0.0.1:{port}/stamps", "subscribe": True, "change_time": stamp,
+                       **FAST},
+        "points": [{"id": f"{dev_id}.sp", "unit": "kPa",
+                    "address": {"node_id": "nsu=urn:eaio:test:stamps;s=Setpoint"}}],
+    }) for dev_id, stamp in (("plc", "source"), ("skewed", "received"))]
+    pts = [p for d in devices for p in d.points]
+    got: dict[str, list[tuple[float, int]]] = {"plc.sp": [], "skewed.sp": []}
+
+    async def collect(batch: ReadingBatch) -> None:
+        for pid, value, ts in zip(batch.point_id, batch.value, batch.ts_us, strict=True):
+            got[pid].append((value, ts))  # type: ignore[arg-type]
+
+    async with server, OpcuaAdapter(devices) as a:
+        sent = utcnow()
+        readings = await a.read(pts)
+        for r in readings:
+            assert (r.quality, r.value) == (Quality.GOOD, 60.0), (r.reasons, r.detail)
+            assert sent <= r.ts <= utcnow()
+
+        subscribing = to_us(utcnow())
+        await a.subscribe(pts, collect)
+        await eventually(lambda: all(got.values()), 5)
+        for (value, ts), in got.values():
+            assert value == 60.0
+            assert subscribing <= ts <= to_us(utcnow())  # on arrival, not an hour ago
+
+        changed = (utcnow() - timedelta(seconds=2)).replace(microsecond=250_000)  # the PLC's own time
+        writing = to_us(utcnow())
+        await server.write_attribute_value(node.nodeid, ua.DataValue(ua.Variant(61.5, ua.VariantType.Double),
+                                                                     SourceTimestamp=changed, ServerTimestamp=utcnow()))
+        await eventually(lambda: all(len(v) == 2 for v in got.values()), 5)
+        assert got["plc.sp"][1] == (61.5, to_us(changed))
+        value, ts = got["skewed.sp"][1]
+        assert value == 61.5
+        assert writing <= ts <= to_us(utcnow())
 
 
 async def test_a_deadband_holds_back_changes_smaller_than_it(building: Building) -> None:

@@ -107,6 +107,11 @@ def test_timestamps() -> None:
 def test_decode() -> None:
     s = decode(dv(55.5, VT.Double), point(), NOW)
     assert (s.value, s.ts, s.quality, s.reasons, s.status) == (55.5, NOW, Quality.GOOD, [], "Good")
+    # A Read is stamped when answered; a notification when the value changed.
+    changed = NOW - timedelta(hours=1)
+    assert decode(dv(55.5, VT.Double, source=changed), point(), NOW).ts == NOW
+    assert decode(dv(55.5, VT.Double, source=changed), point(), NOW, source_time=True).ts == changed
+    assert decode(dv(55.5, VT.Double, source=None, server=changed), point(), NOW, source_time=True).ts == changed
 
     s = decode(dv(55.5, VT.Double, ua.StatusCodes.UncertainLastUsableValue, source=None, server=NOW), point(), NOW)
     assert (s.value, s.quality, s.reasons) == (55.5, Quality.UNCERTAIN, ["protocol_status:UncertainLastUsableValue"])

@@ -67,6 +67,9 @@ class OpcuaConnection(_Strict):
     max_nodes_per_read: int = Field(default=1000, ge=1, le=10_000, description="Nodes per Read request")
     subscribe: bool = Field(default=False, description="Data-change subscriptions for this device's points")
     publishing_interval_ms: float = Field(default=1000.0, ge=10, le=3_600_000)
+    change_time: Literal["source", "received"] = Field(
+        default="source", description="A data change's time: the server's SourceTimestamp, or when EAIO received "
+                                      "it (for servers whose clocks are not kept right)")
     reconnect_min_s: float = Field(default=0.5, gt=0, le=60)
     reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
     breaker_failures: int = Field(default=3, ge=1, description="Failed requests that mark the server offline")

@@ -445,7 +445,8 @@ class Ingest:
         if pushed is not None:  # points that arrive by change of value now need no poll
             skip = {p.id for p in pushed(points)}
             points = [p for p in points if p.id not in skip]
-            if not points:
+            if not points:  # all subscribed: the live subscription is the sign of life
+                self._note_alive(group.device_id)
                 return []
         try:
             async with asyncio.timeout(guard):
@@ -467,10 +468,7 @@ class Ingest:
         ds.last_poll = utcnow()
         failure = next((r for r in readings if Reason.COMM_FAILURE in r.reasons), None)
         if failure is None:
-            if ds.last_ok is False:
-                log.info("device %s answers again", device_id)
-                self._device_fault(device_id, None)
-            ds.last_ok = True
+            self._note_alive(device_id)
             return
         if ds.last_ok is not False:
             log.warning("device %s failed: %s", device_id, failure.detail or "comm_failure")
@@ -479,6 +477,13 @@ class Ingest:
         ds.last_ok = False
         ds.last_error = failure.detail or Reason.COMM_FAILURE.value
         ds.last_error_at = ds.last_poll
+
+    def _note_alive(self, device_id: str) -> None:
+        ds = self._stats.devices[device_id]
+        if ds.last_ok is False:
+            log.info("device %s answers again", device_id)
+            self._device_fault(device_id, None)
+        ds.last_ok = True
 
     # -- storing ---------------------------------------------------------------------------
     def _enqueue(self, batch: ReadingBatch) -> None:

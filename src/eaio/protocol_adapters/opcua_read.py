@@ -7,7 +7,10 @@ No I/O here. asyncua's values come in, plain Python goes out:
 * ``Float`` (a float32 on the wire) becomes the shortest decimal that is the same float32
   (``f32``): a PLC's 21.2 arrives as 21.200000762939453 and leaves as 21.2. ``Double`` and the
   integer types stay as they are; bool points take Boolean nodes (or 0/1).
-* A reading's time is the source timestamp when the server gives one, else the server's.
+* A polled reading's time is when the Read was answered: a SourceTimestamp is the time the value
+  last CHANGED (Part 4, 7.7.3), hours ago for a steady setpoint, and would make it look stale.
+  A notification's is the source timestamp when the server gives one, else the server's: a
+  data change is stamped when it happened (queued samples keep their own times).
 * ``coerce`` turns an engineering value into what a node of a given built-in type takes,
   refusing what would not fit (``ValueError``, the adapter's ``invalid_argument``).
 * ``plain`` turns anything asyncua decodes into JSON-able Python, for the raw tools.
@@ -126,8 +129,9 @@ def timestamp(source: datetime | None, server: datetime | None, now: datetime) -
     return now
 
 
-def decode(dv: ua.DataValue, point: OpcuaPoint, now: datetime) -> Sample:
-    """A DataValue of ``point``'s node as value, time and quality.
+def decode(dv: ua.DataValue, point: OpcuaPoint, now: datetime, *, source_time: bool = False) -> Sample:
+    """A DataValue of ``point``'s node as value, time and quality. The time is ``now`` (a Read),
+    or with ``source_time`` the DataValue's own (a data-change notification).
 
     A Bad status keeps the value the server sent with it (None if it sent none). A Good one
     whose value is not a number (or bool) for this point is bad ``protocol_status:unsupported_value``.
@@ -135,7 +139,7 @@ def decode(dv: ua.DataValue, point: OpcuaPoint, now: datetime) -> Sample:
     variant = dv.Value
     raw = None if variant is None or variant.is_array else variant.Value
     value = point_value(raw, None if variant is None else variant.VariantType, point)
-    ts = timestamp(dv.SourceTimestamp, dv.ServerTimestamp, now)
+    ts = timestamp(dv.SourceTimestamp, dv.ServerTimestamp, now) if source_time else now
     code = 0 if dv.StatusCode is None else dv.StatusCode.value
     if code == 0 and value is not None:  # the common case, kept cheap: thousands a second
         return Sample(value, ts, Quality.GOOD, [], "Good")

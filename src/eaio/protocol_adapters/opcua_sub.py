@@ -59,6 +59,7 @@ class _Sub:
     keepalive_s: float = 0.0
     last_publish: float = 0.0
     items: dict[int, OpcuaPoint] = field(default_factory=dict)  # client handle -> point
+    unreported: set[int] = field(default_factory=set)  # handles whose first report is still due
     active: set[str] = field(default_factory=set)  # point ids with a live monitored item
     next_handle: int = 1
 
@@ -168,6 +169,7 @@ class SubHub:
                 continue
             handle, sub.next_handle = sub.next_handle, sub.next_handle + 1
             sub.items[handle] = p
+            sub.unreported.add(handle)
             requests.append((p, _item_request(nid, handle, p, link, filters)))
         refused_filter: list[OpcuaPoint] = []
         for batch in split(requests, link.device.connection.max_nodes_per_read):
@@ -196,21 +198,28 @@ class SubHub:
             return  # an answer for a subscription of a session that has ended
         sub.last_publish = asyncio.get_running_loop().time()
         now = utcnow()
+        received = sub.link.device.connection.change_time == "received"
         for note in result.NotificationMessage.NotificationData or ():
             if isinstance(note, ua.DataChangeNotification):
                 for item in note.MonitoredItems:
                     point = sub.items.get(item.ClientHandle)
                     if point is not None:
-                        self._row(point, item.Value, now)
+                        first = item.ClientHandle in sub.unreported
+                        if first:
+                            sub.unreported.discard(item.ClientHandle)
+                        self._row(point, item.Value, now, first, received)
             elif isinstance(note, ua.StatusChangeNotification) and not note.Status.is_good():
                 # The server ended the subscription (its lifetime ran out), or asyncua saw the
                 # connection go: either way it is gone with its session.
                 sub.active.clear()
                 sub.link.lose(f"subscription ended ({status_name(note.Status)})")
 
-    def _row(self, point: OpcuaPoint, dv: ua.DataValue, now: datetime) -> None:
-        s = decode(dv, point, now)
-        self._out.row(point, s.value, to_us(s.ts), s.quality, s.reasons)
+    def _row(self, point: OpcuaPoint, dv: ua.DataValue, now: datetime, first: bool, received: bool) -> None:
+        s = decode(dv, point, now, source_time=not received)  # "received": a PLC's clock may be minutes off
+        # A new item's first report is its current value, stamped when it last changed: maybe
+        # before an outage whose failed polls are stored, which would then read as the latest.
+        ts = max(s.ts, now) if first else s.ts
+        self._out.row(point, s.value, to_us(ts), s.quality, s.reasons)
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
