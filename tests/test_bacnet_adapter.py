@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import socket
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
@@ -221,19 +220,18 @@ async def test_offline_device_fails_fast_and_comes_back(building: Building) -> N
     async with adapter(cfg) as a:
         assert all(r.quality == Quality.GOOD for r in await a.read(points(cfg)))
         sim.inject(SimFaultSpec(kind="offline", target=DEVICE))
-        t0 = time.monotonic()
+        sent = a.request_count()
         readings = await a.read(points(cfg))
-        took = time.monotonic() - t0
-        assert took < 1.5  # one timeout of 0.3 s, not one per batch or point
+        assert a.request_count() - sent == 1  # one request waits out its timeout, not one per batch or point
         for r in readings:
             assert r.quality == Quality.BAD
             assert r.value is None
             assert r.reasons == [Reason.COMM_FAILURE]
             assert (r.detail or "").startswith("device_offline: zone4-vav at "), r.detail
             assert (r.detail or "").endswith("no answer within 0.3s"), r.detail
-        t0 = time.monotonic()
-        again = await a.read(points(cfg))  # the breaker is open: no waiting at all
-        assert time.monotonic() - t0 < 0.2
+        sent = a.request_count()
+        again = await a.read(points(cfg))  # the breaker is open: nothing sent (or one probe, once 0.3 s passed)
+        assert a.request_count() - sent <= 1
         assert all(r.detail and r.detail.startswith("device_offline") for r in again)
         with pytest.raises(DeviceError) as info:
             await a.write(points(cfg)[1], 23.0)
@@ -354,9 +352,7 @@ async def test_who_is_list_objects_and_raw_reads(building: Building) -> None:
         assert found == [{"device_instance": 1004, "address": dev.connection.address, "max_apdu": 1476,
                           "segmentation": "segmented-both", "vendor_id": 999}]
         assert await a.who_is(1004, 1004, address=dev.connection.address, timeout_s=2) == found
-        t0 = time.monotonic()
         assert await a.who_is(timeout_s=2) == []  # 127.0.0.1 without a mask cannot broadcast
-        assert time.monotonic() - t0 < 1
 
         objects = await a.list_objects(DEVICE)
         by_id = {o["object_id"]: o for o in objects}
