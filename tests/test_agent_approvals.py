@@ -135,14 +135,14 @@ async def test_reject_marks_it_and_nothing_is_written(site: SiteConfig, sim: Any
         await runtime.handle(Trigger(("energy",), source="manual"))
         [row] = records.list_approvals("pending")
     conf = str(site.source)
-    out = eaio("reject", row.id, "--reason", "meeting at 3 pm", "--config", conf)
+    out = eaio("reject", row.id, "--reason", "meeting at 3 pm", "--config", conf, env={"LOGNAME": "sam"})
     assert out.returncode == 0, out.stderr
     assert "rejected" in out.stdout
     late = eaio("approve", row.id, "--config", conf)
     assert late.returncode == 1
     assert "rejected, not pending" in late.stderr
     [settled] = records_rows(site)
-    assert settled.status == "rejected"
+    assert (settled.status, settled.decided_by) == ("rejected", "sam")
     assert "meeting at 3 pm" in settled.note
     assert [r.outcome for r in read_audit(site.audit_path("modbus"))] == ["dry_run"]
     assert sim.value("zone3.cool_sp") != 28.0
@@ -217,20 +217,46 @@ async def test_with_stdio_servers_a_temporary_write_is_handed_to_the_running_age
             [row] = records.list_approvals("pending")
             assert row.duration_s == 3600
 
-            done = eaio("approve", row.id, "--config", str(cfg.source))
+            done = eaio("approve", row.id, "--config", str(cfg.source), env={"LOGNAME": "dana"})
             assert done.returncode == 0, done.stderr[-2000:]
             assert f"{row.id}: approved; the running agent (eaio agent) writes zone3.cool_sp = 28.0" in done.stdout
             assert sim.value("zone3.cool_sp") != 28.0  # not by the command itself
             approved = records.get_approval(row.id)
             assert approved is not None
-            assert approved.status == "approved"
+            assert (approved.status, approved.decided_by) == ("approved", "dana")
 
             # The agent's loop (not --once) picks it up within a poll or two.
             await runtime.run(3600, duration=6, signals=False)
             settled = records.get_approval(row.id)
             assert settled is not None
             assert settled.status == "executed", settled.note
+            assert settled.decided_by == "dana"  # the approver, not the agent that wrote it
             assert sim.value("zone3.cool_sp") == pytest.approx(28.0)  # written, and there while the agent runs
     accepted = [r for r in read_audit(cfg.audit_path("modbus")) if r.outcome == "accepted"]
     assert [(r.point_id, r.requested_value, r.duration_s) for r in accepted] == [("zone3.cool_sp", 28.0, 3600)]
     assert row.id in (accepted[0].reason or "")
+    assert "approved by dana" in (accepted[0].reason or "")
+
+
+def test_an_agent_db_from_before_decided_by_is_upgraded_on_open(tmp_path: Path) -> None:
+    """agent.db outlives upgrades: a file whose approvals table has no decided_by column gets it,
+    its old rows read with none, and new decisions record who made them."""
+    import sqlite3
+
+    path = tmp_path / "agent.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE approvals (id TEXT PRIMARY KEY, created TEXT NOT NULL, tool TEXT NOT NULL,"
+                   " point_id TEXT, arguments TEXT NOT NULL, reason TEXT NOT NULL, decision_id TEXT,"
+                   " policy TEXT NOT NULL, status TEXT NOT NULL, decided TEXT, note TEXT NOT NULL DEFAULT '',"
+                   " result TEXT)")
+        db.execute("INSERT INTO approvals VALUES ('old', ?, 'modbus__write_point', 'zone3.cool_sp', ?, 'warm',"
+                   " NULL, 'approve', 'pending', NULL, '', NULL)",
+                   (utcnow().isoformat(), json.dumps({"point_id": "zone3.cool_sp", "value": 26.0})))
+    with Records(path) as records:
+        [old] = records.list_approvals("pending")
+        assert (old.id, old.decided_by, old.value) == ("old", None, 26.0)
+        assert records.settle_approval("old", "rejected", note="rejected by ops", by="ops")
+        settled = records.get_approval("old")
+        assert settled is not None
+        assert (settled.status, settled.note, settled.decided_by) == ("rejected", "rejected by ops", "ops")
+        assert settled.decided is not None

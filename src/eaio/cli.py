@@ -175,8 +175,9 @@ def approvals(
     for r in rows:
         dur = f" for {r.duration_s / 60:g} min" if r.duration_s else ""
         status = "pending (expired)" if r.status == "pending" and is_expired(r) else r.status
+        by = f" (by {r.decided_by})" if r.decided_by else ""
         typer.echo(f"{r.id}  {r.created:%Y-%m-%d %H:%M:%S}  {status:<17} {r.point_id} = {r.value}{dur}  "
-                   f"[{r.tool}] {r.reason}")
+                   f"[{r.tool}] {r.reason}{by}")
 
 
 @app.command()

@@ -452,10 +452,10 @@ def check(cfg: SiteConfig) -> list[tuple[str, str]]:
 def _check_derived(cfg: SiteConfig) -> list[tuple[str, str]]:
     """Ingest derives '<counter>.interval' and '<point>.demand' readings: a configured point with one
     of those ids would mix two series under one id."""
-    from .pipeline.energy import _plan  # the pipeline builds on the config; imported only when checking
+    from .pipeline.energy import energy_sources  # the pipeline builds on the config; imported only when checking
 
     try:
-        _plan(cfg)
+        energy_sources(cfg)
     except ConfigError as err:
         return list(err.problems)
     return []

@@ -208,7 +208,8 @@ def hand_to_agent(records: Records, approval_id: str, *, who: str = "operator",
     ``approved`` instead, and the running agent, whose servers live as long as it does, writes it
     (``execute_approved``) within a few seconds."""
     row = _pending(records, approval_id, expiry_s)
-    if not records.settle_approval(row.id, "approved", note=f"approved by {who}; the running agent writes it"):
+    if not records.settle_approval(row.id, "approved", note=f"approved by {who}; the running agent writes it",
+                                   by=who):
         raise ValidationFailed(f"approval {approval_id} was settled meanwhile by someone else", code="not_pending")
     settled = records.get_approval(row.id)
     assert settled is not None
@@ -225,7 +226,7 @@ async def execute_approved(
             records.settle_approval(row.id, "expired", note=f"{row.note}; expired before the agent could write it",
                                     only_if="approved")
             continue
-        who = row.note.removeprefix("approved by ").split(";")[0] or "operator"
+        who = row.decided_by or "operator"
         done.append(await _execute(host, records, row, who=who, only_if="approved"))
     return done
 
@@ -240,7 +241,7 @@ async def _execute(host: ToolHost, records: Records, row: ApprovalRow, *, who: s
     failed = result.get("status") == "error"
     note = f"approved by {who}" + (f"; {result['code']}: {result['message']}" if failed else "")
     if not records.settle_approval(row.id, "failed" if failed else "executed", note=note, result=result,
-                                   only_if=only_if):
+                                   only_if=only_if, by=who):
         raise ValidationFailed(f"approval {row.id} was settled meanwhile by someone else", code="not_pending")
     settled = records.get_approval(row.id)
     assert settled is not None
@@ -254,7 +255,7 @@ def reject_approval(
     """``eaio reject ID``: the write never happens. Raises ValidationFailed (unknown id, not pending)."""
     row = _pending(records, approval_id, expiry_s)
     note = f"rejected by {who}" + (f": {reason}" if reason else "")
-    if not records.settle_approval(row.id, "rejected", note=note):
+    if not records.settle_approval(row.id, "rejected", note=note, by=who):
         raise ValidationFailed(f"approval {approval_id} was settled meanwhile by someone else", code="not_pending")
     settled = records.get_approval(row.id)
     assert settled is not None

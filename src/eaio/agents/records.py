@@ -65,13 +65,14 @@ CREATE TABLE IF NOT EXISTS approvals (
                                         -- failed | rejected | expired | denied | refused
     decided TEXT,
     note TEXT NOT NULL DEFAULT '',      -- who/why for approve and reject, the error for failed
-    result TEXT                         -- the tool's result (JSON) when it ran
+    result TEXT,                        -- the tool's result (JSON) when it ran
+    decided_by TEXT                     -- who approved or rejected it (None: the policy did)
 );
 CREATE INDEX IF NOT EXISTS approvals_status ON approvals(status, created);
 """
 
 # Columns added after the first release: (table, column, definition) added to older files on open.
-MIGRATIONS = [("decisions", "model", "TEXT"), ("decisions", "workflow", "TEXT")]
+MIGRATIONS = [("decisions", "model", "TEXT"), ("decisions", "workflow", "TEXT"), ("approvals", "decided_by", "TEXT")]
 
 
 class ApprovalRow(BaseModel):
@@ -89,6 +90,7 @@ class ApprovalRow(BaseModel):
     decided: AwareDatetime | None = None
     note: str = ""
     result: dict[str, Any] | None = None
+    decided_by: str | None = None  # who approved or rejected it; None when the policy decided
 
     @property
     def value(self) -> Any:
@@ -194,22 +196,24 @@ class Records:
     def add_approval(self, row: ApprovalRow) -> ApprovalRow:
         with self._tx() as db:
             db.execute(
-                "INSERT INTO approvals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO approvals ({_APPROVAL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (row.id, row.created.isoformat(), row.tool, row.point_id, json.dumps(row.arguments), row.reason,
                  row.decision_id, row.policy, row.status, row.decided.isoformat() if row.decided else None,
-                 row.note, json.dumps(row.result) if row.result is not None else None),
+                 row.note, json.dumps(row.result) if row.result is not None else None, row.decided_by),
             )
         return row
 
     def settle_approval(
         self, approval_id: str, status: str, *, note: str = "", result: dict[str, Any] | None = None,
-        only_if: str | None = "pending",
+        only_if: str | None = "pending", by: str | None = None,
     ) -> bool:
         """Move a request to its final status; False when it was not ``only_if`` any more (a race
-        between two `eaio approve` runs, or with expiry, is lost by one of them, never doubled)."""
-        sql = "UPDATE approvals SET status = ?, decided = ?, note = ?, result = ? WHERE id = ?"
+        between two `eaio approve` runs, or with expiry, is lost by one of them, never doubled).
+        ``by``: who decided (kept when None: the agent executing an approved request)."""
+        sql = ("UPDATE approvals SET status = ?, decided = ?, note = ?, result = ?,"
+               " decided_by = COALESCE(?, decided_by) WHERE id = ?")
         args: list[Any] = [status, utcnow().isoformat(), note, json.dumps(result) if result is not None else None,
-                           approval_id]
+                           by, approval_id]
         if only_if is not None:
             sql, args = sql + " AND status = ?", [*args, only_if]
         with self._tx() as db:
@@ -279,16 +283,16 @@ class Records:
 
 
 _APPROVAL_COLS = ("id, created, tool, point_id, arguments, reason, decision_id, policy, status, decided, note,"
-                  " result")
+                  " result, decided_by")
 
 
 def _approval(row: tuple[Any, ...]) -> ApprovalRow:
-    (aid, created, tool, point_id, arguments, reason, decision_id, policy, status, decided, note, result) = row
+    (aid, created, tool, point_id, arguments, reason, decision_id, policy, status, decided, note, result, by) = row
     return ApprovalRow(
         id=aid, created=datetime.fromisoformat(created), tool=tool, point_id=point_id, arguments=json.loads(arguments),
         reason=reason, decision_id=decision_id, policy=policy, status=status,
         decided=datetime.fromisoformat(decided) if decided else None, note=note,
-        result=json.loads(result) if result else None,
+        result=json.loads(result) if result else None, decided_by=by,
     )
 
 

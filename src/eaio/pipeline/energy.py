@@ -51,6 +51,7 @@ __all__ = [
     "demand_between",
     "derived_points",
     "energy_between",
+    "energy_sources",
     "energy_to_demand",
     "interval_energy",
     "is_counter",
@@ -445,7 +446,7 @@ def _derived_ids(point: Point) -> list[tuple[str, PointKind, str]]:
     return []
 
 
-def _plan(cfg: SiteConfig) -> list[Point]:
+def energy_sources(cfg: SiteConfig) -> list[Point]:
     """The site's energy points; a derived id that is also a configured point is a config error."""
     where = {p.id: f"devices[{di}].points[{pi}].id"
              for di, d in enumerate(cfg.devices) for pi, p in enumerate(d.points)}
@@ -465,7 +466,7 @@ def _plan(cfg: SiteConfig) -> list[Point]:
 def derived_points(cfg: SiteConfig) -> list[Point]:
     """The points of the readings ``EnergyTracker`` derives, so validator, store and agent know them."""
     out = []
-    for p in _plan(cfg):
+    for p in energy_sources(cfg):
         what = p.name or p.id
         for pid, kind, unit in _derived_ids(p):
             name = f"{what}: energy per interval" if pid.endswith(".interval") else f"{what}: demand"
@@ -549,7 +550,7 @@ class EnergyTracker:
 
     @classmethod
     def from_config(cls, cfg: SiteConfig, *, max_gap_s: float | None = None) -> EnergyTracker:
-        return cls(_plan(cfg), cfg.energy.demand_interval_s, max_gap_s=max_gap_s)
+        return cls(energy_sources(cfg), cfg.energy.demand_interval_s, max_gap_s=max_gap_s)
 
     @property
     def tracked(self) -> frozenset[str]:
