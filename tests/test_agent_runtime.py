@@ -6,6 +6,7 @@ import functools
 import sqlite3
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,27 @@ def test_repeated_findings_are_one_open_recommendation(tmp_path: Path) -> None:
 
 
 def test_findings_no_longer_seen_are_resolved_and_can_reopen(tmp_path: Path) -> None:
-    with Records(tmp_path / "agent.db") as records:
-        records.upsert(_rec())
+    with Records(tmp_path / "agent.db", reopen_within_s=900) as records:
+        first = _rec()
+        records.upsert(first)
         records.upsert(_rec(zone="zone3"))
         assert records.resolve_absent([_rec(zone="zone3")]) == 1
         assert [r.recommendation.zone for r in records.list_recommendations()] == ["zone3"]
         assert [r.recommendation.zone for r in records.list_recommendations("resolved")] == ["zone2"]
-        assert records.upsert(_rec()) is True  # it came back: a new open recommendation
+
+        # Back ten minutes later: the same problem flapping, its row reopened and not announced again.
+        flap = _rec(msg="back again")
+        flap.ts = first.ts + timedelta(minutes=10)
+        assert records.upsert(flap) is False
+        assert records.counts() == {"open": 2, "resolved": 0, "decisions": 0, "pending": 0}
+        zone2 = next(r for r in records.list_recommendations() if r.recommendation.zone == "zone2")
+        assert (zone2.recommendation.id, zone2.count, zone2.recommendation.message) == (first.id, 2, "back again")
+
+        # Resolved again, and back only after the window: a new recommendation.
+        assert records.resolve_absent([_rec(zone="zone3")]) == 1
+        late = _rec()
+        late.ts = flap.ts + timedelta(minutes=16)
+        assert records.upsert(late) is True
         assert records.counts() == {"open": 2, "resolved": 1, "decisions": 0, "pending": 0}
 
 

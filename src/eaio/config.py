@@ -242,6 +242,8 @@ class AgentSettings(_Strict):
                          "peaks) when events.mqtt names a broker")
     demand_peak_kw: float | None = Field(default=None, gt=0,
                                          description="A demand event above this starts the demand workflow")
+    reopen_within_s: float = Field(default=900.0, ge=0, description="A finding back this soon after it was "
+                                   "resolved reopens its recommendation instead of making a new one")
 
 
 class SimFaultSpec(_Strict):

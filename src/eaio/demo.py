@@ -120,12 +120,13 @@ def _busy_ports(cfg: SiteConfig) -> list[str]:
 def _summary(cfg: SiteConfig) -> dict[str, object]:
     """What the run produced, read through the store's and the records' own query APIs."""
     counts, points, dead = asyncio.run(_store_counts(cfg))
-    messages: list[str] = []
+    found: list[tuple[str, str]] = []  # (status, message), open ones first
     pending = 0
     agent_db = agent_db_path(cfg)
     if agent_db.exists():
         with Records(agent_db) as records:
-            messages = [r.recommendation.message for r in records.list_recommendations(status=None)]
+            found = [(status, r.recommendation.message) for status in ("open", "resolved")
+                     for r in records.list_recommendations(status=status)]
             pending = len(records.list_approvals("pending"))
     return {
         "readings_stored": counts.total,
@@ -134,8 +135,9 @@ def _summary(cfg: SiteConfig) -> dict[str, object]:
         "pending_approvals": pending,
         "points_seen": points,
         "dead_letters": dead,
-        "recommendations": len(messages),
-        "recommendation_messages": messages,
+        "recommendations": len(found),
+        "open_recommendations": sum(status == "open" for status, _ in found),
+        "recommendation_messages": [f"[{status}] {msg}" for status, msg in found],
     }
 
 
@@ -258,7 +260,8 @@ def _supervise(cfg: SiteConfig, children: list[Child], duration: float | None, s
         if time.monotonic() >= next_status:
             s = _summary(cfg)
             out.print(f"  t={time.monotonic() - t0:5.0f}s  readings {s['readings_stored']:>6}  "
-                      f"bad {s['bad_readings']:>4}  recommendations {s['recommendations']}")
+                      f"bad {s['bad_readings']:>4}  recommendations {s['open_recommendations']} open, "
+                      f"{s['recommendations']} in all")
             next_status += 5
         time.sleep(0.2)
     return 0
@@ -294,9 +297,9 @@ def _print_summary(cfg: SiteConfig) -> None:
     out.print(f"  bad readings     {s['bad_readings']}  (uncertain {s['uncertain_readings']})")
     if cfg.devices_for("mqtt"):
         out.print(f"  dead letters     {s['dead_letters']}")
-    out.print(f"  recommendations  {s['recommendations']}")
+    out.print(f"  recommendations  {s['recommendations']} ({s['open_recommendations']} open, the rest resolved)")
     for msg in s["recommendation_messages"]:  # type: ignore[attr-defined]
-        out.print(f"    - {msg}")
+        out.print(f"    - {msg}", markup=False, highlight=False)
     if s["pending_approvals"]:
         out.print(f"  writes awaiting approval  {s['pending_approvals']}  "
                   f"(eaio approvals --config {cfg.source}; eaio approve ID / eaio reject ID)")

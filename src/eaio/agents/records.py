@@ -3,7 +3,9 @@ and every write the agent asked for (the approvals queue).
 
 A finding that holds cycle after cycle is ONE open recommendation keyed by (kind, zone), whose
 ``last_seen`` and ``count`` move, so the table reads as a list of problems, not a log of
-repeats. When a complete cycle no longer finds it, it is marked resolved.
+repeats. When a complete cycle no longer finds it, it is marked resolved; found again within
+``reopen_within_s`` (``agent.reopen_within_s``, 15 min) the same row is reopened, so a finding
+that flaps (a zone whose occupancy comes and goes) stays one problem, announced once.
 
 Every write request is one ``approvals`` row whatever the policy said: ``executed``/``failed``
 (auto), ``pending`` then ``executed``/``failed``/``rejected``/``expired`` (approve), ``denied``
@@ -110,6 +112,11 @@ class RecordedRecommendation(BaseModel):
     count: int
 
 
+# A finding back this soon after it was resolved is the same problem flapping (a zone whose
+# occupancy comes and goes, a value near a threshold): its row is reopened, not a new one made.
+REOPEN_WITHIN_S = 900.0
+
+
 def dedup_key(kind: str, zone: str | None) -> str:
     return f"{kind}|{zone or ''}"
 
@@ -117,8 +124,9 @@ def dedup_key(kind: str, zone: str | None) -> str:
 class Records:
     """``with Records(path) as rec:`` opens (and creates) the database; the constructor does no I/O."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, reopen_within_s: float = REOPEN_WITHIN_S) -> None:
         self.path = path
+        self.reopen_within_s = reopen_within_s
         self._db: sqlite3.Connection | None = None
 
     def __enter__(self) -> Records:
@@ -150,16 +158,25 @@ class Records:
 
     # -- writes -------------------------------------------------------------------------------
     def upsert(self, rec: Recommendation) -> bool:
-        """Store a finding; True when it is new (no open one with the same kind and zone)."""
+        """Store a finding; True when it is new: no open one with the same kind and zone, and none
+        resolved within ``reopen_within_s`` (that one is reopened)."""
         key, now = dedup_key(rec.kind, rec.zone), rec.ts.isoformat()
         with self._tx() as db:
             row = db.execute(
                 "SELECT id FROM recommendations WHERE dedup_key = ? AND status = 'open'", (key,)
             ).fetchone()
+            if row is None:
+                last = db.execute(
+                    "SELECT id, last_seen FROM recommendations WHERE dedup_key = ? AND status = 'resolved'"
+                    " ORDER BY last_seen DESC LIMIT 1", (key,)
+                ).fetchone()
+                recent = last is not None and (rec.ts - datetime.fromisoformat(last[1])).total_seconds() \
+                    <= self.reopen_within_s
+                row = last if recent else None
             if row is not None:
                 db.execute(
-                    "UPDATE recommendations SET last_seen = ?, count = count + 1, severity = ?, message = ?, body = ?"
-                    " WHERE id = ?",
+                    "UPDATE recommendations SET status = 'open', last_seen = ?, count = count + 1, severity = ?,"
+                    " message = ?, body = ? WHERE id = ?",
                     (now, rec.severity.value, rec.message, _body(rec, row[0]), row[0]),
                 )
                 return False

@@ -217,7 +217,7 @@ async def _opened(cfg: SiteConfig, echo: Callable[[str], None] = _stderr) -> Asy
         host = await stack.enter_async_context(McpHost.from_config(cfg))
         servers = [s for s in host.servers if f"{s}{SEP}read_points" in host.tools]
         planner = Planner(host.call_tool, servers, comfort_band_c=cfg.agent.comfort_band_c)
-        records = stack.enter_context(Records(agent_db_path(cfg)))
+        records = stack.enter_context(Records(agent_db_path(cfg), reopen_within_s=cfg.agent.reopen_within_s))
         memory = await _memory(cfg, stack)
         runtime = Runtime(host, planner, records, echo=echo, policy=ApprovalPolicy.from_config(cfg),
                           chain=_chain(cfg), memory=memory, demand_interval_s=cfg.energy.demand_interval_s,
