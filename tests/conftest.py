@@ -6,6 +6,7 @@ other or with a demo someone left running.
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,18 +21,37 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "site.example.yaml"
 
 
+def _below_ephemeral() -> range:
+    """Ports below the kernel's ephemeral range. A port from bind(0) comes from that range, so
+    between the test choosing it and a server binding it, an outgoing connection (a client of
+    some other test server) may take it as its local port: "address already in use"."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(10000, low) if low > 12000 else range(49152, 65536)
+
+
+_PORTS = _below_ephemeral()
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, kind)[0]
 
 
 def free_ports(n: int, kind: int = socket.SOCK_STREAM) -> list[int]:
-    """``n`` distinct free ports (all held open while choosing, so none is handed out twice)."""
-    socks = [socket.socket(socket.AF_INET, kind) for _ in range(n)]
+    """``n`` distinct free ports, chosen at random outside the ephemeral range (all held open while
+    choosing, so none is handed out twice)."""
+    socks: list[socket.socket] = []
     try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
+        while len(socks) < n:
+            s = socket.socket(socket.AF_INET, kind)
+            try:
+                s.bind(("127.0.0.1", random.choice(_PORTS)))
+            except OSError:  # taken (by another test, another run, a service): draw again
+                s.close()
+                continue
+            socks.append(s)
         return [int(s.getsockname()[1]) for s in socks]
     finally:
         for s in socks:

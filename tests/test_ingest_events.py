@@ -78,6 +78,15 @@ async def test_readings_and_device_faults_reach_the_broker_and_in_process_subscr
                 assert (first.device_id, first.unit, first.quality) == ("ahu1-ctrl", "degC", Quality.GOOD)
                 assert isinstance(first.value, float)
 
+                # Every plant-ctrl point read good first (a loaded machine may not have polled it yet):
+                # a point whose FIRST reading is bad is announced as "is bad", not "went from good".
+                plant = {p.id for p in cfg.points() if p.device_id == "plant-ctrl"}
+
+                async def plant_good() -> bool:
+                    return plant <= {e.subject for e in listener.of(EventKind.READING)
+                                     if e.device_id == "plant-ctrl" and e.quality == Quality.GOOD}
+
+                await until(plant_good, "good readings of every plant-ctrl point before its outage")
                 building.inject(SimFaultSpec(kind="offline", target="plant-ctrl"))
 
                 async def offline() -> Event | None:
@@ -95,7 +104,8 @@ async def test_readings_and_device_faults_reach_the_broker_and_in_process_subscr
                             and e.quality == Quality.BAD]
 
                 changed = await until(quality_bad, "quality events of plant-ctrl's points going bad")
-                assert all(e.previous_quality == Quality.GOOD and "comm_failure" in e.reasons for e in changed)
+                assert all(e.previous_quality == Quality.GOOD and "comm_failure" in e.reasons for e in changed), \
+                    [e.message for e in changed]
 
                 building.clear_faults("plant-ctrl")
 

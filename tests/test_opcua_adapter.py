@@ -19,6 +19,7 @@ import pytest
 from asyncua import Server, ua
 
 from certs import make_certs
+from conftest import free_port
 from eaio.config import SimFaultSpec, SiteConfig, load_config
 from eaio.errors import DeviceError
 from eaio.models import OpcuaDevice, OpcuaPoint, Quality, ReadingBatch, Reason, to_us, utcnow
@@ -224,9 +225,7 @@ async def test_a_read_is_stamped_when_answered_and_a_change_when_it_happened() -
     subscription's first report, the current value, is stamped on arrival; a later change keeps
     the time the server gives it, or with ``change_time: received`` (a PLC whose clock is off)
     the time it arrived. Two devices on the one server: one of each."""
-    with socket.socket() as probe:  # a free port for the server
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = Server()
     await server.init()
     server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/stamps")
