@@ -191,6 +191,28 @@ def test_stale_after_s_overrides_the_poll_count() -> None:
                    4: (BAD, ["comm_failure", "stale"])}
 
 
+def test_a_subscribed_points_staleness_allows_for_its_publishing_interval() -> None:
+    """An OPC-UA change arrives up to a publishing interval after it happened, stamped when it
+    happened: polled every second but published every 5 s, it is stale after 3 x 5 s, not 3 x 1 s.
+    A point of the same device that is polled keeps its poll interval."""
+    cfg = SiteConfig.model_validate({"site": {"id": "plant"}, "devices": [{
+        "id": "plc", "protocol": "opcua", "poll_interval_s": 1,
+        "connection": {"endpoint": "opc.tcp://127.0.0.1:4840", "subscribe": True, "publishing_interval_ms": 5000},
+        "points": [{"id": "chw.dp", "kind": "pressure", "unit": "kPa", "address": {"node_id": "ns=2;s=Dp"}},
+                   {"id": "chw.rt", "kind": "temperature", "unit": "degC", "subscribe": False,
+                    "address": {"node_id": "ns=2;s=Rt"}}],
+    }]})
+    v = QualityValidator.from_config(cfg)
+    assert v.rule("chw.dp").stale_after == timedelta(seconds=15)  # type: ignore[union-attr]
+    assert v.rule("chw.rt").stale_after == timedelta(seconds=3)  # type: ignore[union-attr]
+    # A change published 4 s after it happened is fresh; one read 4 s late by a poll is stale.
+    now = T0 + timedelta(seconds=4)
+    late = [Reading(point_id=pid, value=50.0, ts=T0, unit=u) for pid, u in (("chw.dp", "kPa"), ("chw.rt", "degC"))]
+    v.validate(late, now, RuleState())
+    assert [(r.point_id, r.quality, [str(x) for x in r.reasons]) for r in late] == [
+        ("chw.dp", GOOD, []), ("chw.rt", BAD, ["stale"])]
+
+
 def test_uncertain_samples_are_fresh_samples() -> None:
     # A flatlining (uncertain) sensor still answers: it must not go stale on top.
     point = ZONE_F.model_copy(update={"rules": PointRules(flatline_window_s=120)})

@@ -128,3 +128,12 @@ class OpcuaDevice(Device):
     protocol: Literal["opcua"]
     connection: OpcuaConnection
     points: list[OpcuaPoint] = Field(default_factory=list)
+
+    def report_interval_s(self, point: Point) -> float:
+        """A subscribed point's change arrives up to a publishing interval after it happened,
+        stamped when it happened: with a poll interval shorter than that it would look stale."""
+        polled = super().report_interval_s(point)
+        subscribed = getattr(point, "subscribe", None)
+        if subscribed if subscribed is not None else self.connection.subscribe:
+            return max(polled, self.connection.publishing_interval_ms / 1000)
+        return polled

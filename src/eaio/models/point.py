@@ -202,6 +202,11 @@ class Device(Strict):
     protocol: str
     poll_interval_s: float = Field(default=10.0, gt=0)
 
+    def report_interval_s(self, point: Point) -> float:
+        """How far apart readings of ``point`` are expected (the stale rule's unit): its poll
+        interval; a device that pushes may deliver a change later than that."""
+        return point.poll_interval_s or self.poll_interval_s
+
     @model_validator(mode="after")
     def _own_points(self) -> Device:
         # Each protocol's device declares its own ``points``; a point knows its device from here.

@@ -194,7 +194,7 @@ class QualityValidator:
 
     @classmethod
     def from_config(cls, cfg: SiteConfig) -> QualityValidator:
-        intervals = {p.id: p.poll_interval_s or d.poll_interval_s for d in cfg.devices for p in d.points}
+        intervals = {p.id: d.report_interval_s(p) for d in cfg.devices for p in d.points}
         return cls.from_points(cfg.points(), intervals, cfg.ingest.stale_after_polls)
 
     @classmethod
