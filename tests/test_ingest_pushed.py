@@ -76,7 +76,7 @@ async def test_changes_arrive_pushed_and_polling_covers_an_outage(pushing_site: 
         await until(lambda: _failing(store, probe, since), f"comm_failure readings of {probe}", 20)
         building.clear_faults(device_id)
         # Back: the latest reading is good again (a subscription's first report of a steady
-        # value is stamped when it arrived, not when the value last changed, before the outage),
+        # value is stamped as of subscribing, not when the value last changed, before the outage),
         # and the device is known to answer even when no point is left to poll.
         await until(lambda: _recovered(store, probe, since), f"a good {probe} reading after the failures", 20)
         await until(lambda: _async(len(adapter.pushed(cfg.points())) == len(ids)), "subscribed again", 20)

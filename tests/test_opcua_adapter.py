@@ -222,7 +222,7 @@ async def test_subscriptions_push_changes_and_come_back_after_an_outage(building
 async def test_a_read_is_stamped_when_answered_and_a_change_when_it_happened() -> None:
     """A server that stamps a value when it changes (Part 4, 7.7.3), here a setpoint last written
     an hour ago: a Read is stamped when answered (the hour-old stamp would look stale); a new
-    subscription's first report, the current value, is stamped on arrival; a later change keeps
+    subscription's first report, the current value, is stamped as of subscribing; a later change keeps
     the time the server gives it, or with ``change_time: received`` (a PLC whose clock is off)
     the time it arrived. Two devices on the one server: one of each."""
     port = free_port()
@@ -260,7 +260,7 @@ async def test_a_read_is_stamped_when_answered_and_a_change_when_it_happened() -
         await eventually(lambda: all(got.values()), 5)
         for (value, ts), in got.values():
             assert value == 60.0
-            assert subscribing <= ts <= to_us(utcnow())  # on arrival, not an hour ago
+            assert subscribing <= ts <= to_us(utcnow())  # as of subscribing, not an hour ago
 
         changed = (utcnow() - timedelta(seconds=2)).replace(microsecond=250_000)  # the PLC's own time
         writing = to_us(utcnow())

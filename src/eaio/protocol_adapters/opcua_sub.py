@@ -59,7 +59,8 @@ class _Sub:
     keepalive_s: float = 0.0
     last_publish: float = 0.0
     items: dict[int, OpcuaPoint] = field(default_factory=dict)  # client handle -> point
-    unreported: set[int] = field(default_factory=set)  # handles whose first report is still due
+    # handle -> when its monitored item was asked for, until its first report arrives
+    unreported: dict[int, datetime] = field(default_factory=dict)
     active: set[str] = field(default_factory=set)  # point ids with a live monitored item
     next_handle: int = 1
 
@@ -161,6 +162,7 @@ class SubHub:
     async def _monitor(self, sub: _Sub, points: list[OpcuaPoint], filters: bool = True) -> None:
         link = sub.link
         requests: list[tuple[OpcuaPoint, ua.MonitoredItemCreateRequest]] = []
+        asked = utcnow()
         for p in points:
             try:
                 nid = link.node(p.address.node_id)
@@ -169,7 +171,7 @@ class SubHub:
                 continue
             handle, sub.next_handle = sub.next_handle, sub.next_handle + 1
             sub.items[handle] = p
-            sub.unreported.add(handle)
+            sub.unreported[handle] = asked
             requests.append((p, _item_request(nid, handle, p, link, filters)))
         refused_filter: list[OpcuaPoint] = []
         for batch in split(requests, link.device.connection.max_nodes_per_read):
@@ -204,21 +206,20 @@ class SubHub:
                 for item in note.MonitoredItems:
                     point = sub.items.get(item.ClientHandle)
                     if point is not None:
-                        first = item.ClientHandle in sub.unreported
-                        if first:
-                            sub.unreported.discard(item.ClientHandle)
-                        self._row(point, item.Value, now, first, received)
+                        self._row(point, item.Value, now, sub.unreported.pop(item.ClientHandle, None), received)
             elif isinstance(note, ua.StatusChangeNotification) and not note.Status.is_good():
                 # The server ended the subscription (its lifetime ran out), or asyncua saw the
                 # connection go: either way it is gone with its session.
                 sub.active.clear()
                 sub.link.lose(f"subscription ended ({status_name(note.Status)})")
 
-    def _row(self, point: OpcuaPoint, dv: ua.DataValue, now: datetime, first: bool, received: bool) -> None:
+    def _row(self, point: OpcuaPoint, dv: ua.DataValue, now: datetime, asked: datetime | None,
+             received: bool) -> None:
         s = decode(dv, point, now, source_time=not received)  # "received": a PLC's clock may be minutes off
         # A new item's first report is its current value, stamped when it last changed: maybe
         # before an outage whose failed polls are stored, which would then read as the latest.
-        ts = max(s.ts, now) if first else s.ts
+        # It counts as seen when the item was asked for: samples queued after it are later still.
+        ts = max(s.ts, asked) if asked is not None else s.ts
         self._out.row(point, s.value, to_us(ts), s.quality, s.reasons)
 
     async def _watch(self) -> None:
