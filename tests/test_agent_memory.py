@@ -299,12 +299,14 @@ def test_from_config(tmp_path: Path) -> None:
 
     cfg = SiteConfig.model_validate({"data_dir": str(tmp_path), "agent": {
         "llm": {"url": "http://127.0.0.1:9"},
-        "memory": {"embedder": "ollama", "ollama_model": "nomic-embed-text:latest", "path": str(tmp_path / "m")}}})
+        "memory": {"embedder": "ollama", "ollama_model": "nomic-embed-text:latest", "ollama_timeout_s": 15,
+                   "path": str(tmp_path / "m")}}})
     ollama = Memory.from_config(cfg)
     assert ollama is not None
     assert ollama.path == tmp_path / "m"
     assert isinstance(ollama.embedder, OllamaEmbedder)
-    assert (ollama.embedder.url, ollama.embedder.model) == ("http://127.0.0.1:9", "nomic-embed-text:latest")
+    assert (ollama.embedder.url, ollama.embedder.model, ollama.embedder.timeout_s) == (
+        "http://127.0.0.1:9", "nomic-embed-text:latest", 15)
     # A collection per embedder: vectors of different models are never compared.
     assert ollama.collection_name != onnx.collection_name
     assert ollama.collection_name == "memory_eaio_ollama_nomic-embed-text_latest"

@@ -220,6 +220,8 @@ class MemorySettings(_Strict):
         default="onnx", description="onnx: a model shipped in a Python package, run on onnxruntime (offline); "
         "ollama: the llm.url server's embeddings")
     ollama_model: str = Field(default="nomic-embed-text", description="Embedding model when embedder is ollama")
+    ollama_timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Per embedding request when embedder "
+                                    "is ollama (the first one may load the model)")
     recall: int = Field(default=3, ge=0, le=20, description="Similar past situations recalled into a prompt")
 
 

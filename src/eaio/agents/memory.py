@@ -68,7 +68,7 @@ class Memory:
         if embedder is not None:
             self.embedder = embedder
         elif settings.embedder == "ollama":
-            self.embedder = OllamaEmbedder(llm_url, settings.ollama_model)
+            self.embedder = OllamaEmbedder(llm_url, settings.ollama_model, timeout_s=settings.ollama_timeout_s)
         else:
             self.embedder = OnnxEmbedder()
         self.collection_name = _collection_name(self.embedder)
