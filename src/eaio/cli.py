@@ -190,7 +190,7 @@ def approve(
     A temporary write (with a duration) whose servers are the agent's stdio children is handed to
     the running agent instead: a server restores its temporary writes when it stops, so a server
     started just for this command would undo the write as the command exits."""
-    from .agents.approvals import execute_approval, hand_to_agent
+    from .agents.approvals import execute_approval, hand_to_agent, known_approval
     from .agents.host import McpHost
     from .agents.records import Records
     from .errors import EaioError
@@ -200,7 +200,7 @@ def approve(
 
     async def run() -> Any:
         with Records(path) as records:
-            row = _known(records, approval_id)
+            row = known_approval(records, approval_id)
             if ephemeral and row.duration_s:
                 return hand_to_agent(records, approval_id, who=_who())
             async with McpHost.from_config(cfg) as host:
@@ -238,21 +238,11 @@ def reject(
     _, path = _approval_records(config)
     try:
         with Records(path) as records:
-            _known(records, approval_id)
             row = reject_approval(records, approval_id, reason=reason, who=_who())
     except EaioError as e:
         err.print(f"eaio reject: {e}", markup=False, highlight=False)
         raise typer.Exit(2 if e.code == "unknown_approval" else 1) from None
     typer.echo(f"{row.id}: rejected ({row.point_id} = {row.value} will not be written)")
-
-
-def _known(records: Any, approval_id: str) -> Any:
-    from .errors import ValidationFailed
-
-    row = records.get_approval(approval_id)
-    if row is None:
-        raise ValidationFailed(f"no approval with id '{approval_id}' (see `eaio approvals`)", code="unknown_approval")
-    return row
 
 
 def _who() -> str:

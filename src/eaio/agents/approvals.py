@@ -40,6 +40,7 @@ __all__ = [
     "execute_approved",
     "hand_to_agent",
     "is_expired",
+    "known_approval",
     "reject_approval",
 ]
 
@@ -152,10 +153,7 @@ class Actuator:
         log.info("write %s %s=%r: %s (%s)", row.id, row.point_id, row.value, row.status, row.policy)
 
     async def _call(self, tool: str, args: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return await self.host.call_tool(tool, args)
-        except EaioError as err:
-            return {"status": "error", "code": err.code, "message": err.message}
+        return await _call(self.host, tool, args)
 
     async def _point(self, tool: str, point_id: str) -> dict[str, Any] | None:
         """The point as its server lists it (cached); None when the server does not know it."""
@@ -175,10 +173,24 @@ def is_expired(row: ApprovalRow, expiry_s: float = APPROVAL_EXPIRY_S) -> bool:
     return utcnow() - row.created > timedelta(seconds=expiry_s)
 
 
-def _pending(records: Records, approval_id: str, expiry_s: float) -> ApprovalRow:
+async def _call(host: ToolHost, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The tool's result; a refusal or failure as ``{"status": "error", "code", "message"}``."""
+    try:
+        return await host.call_tool(tool, args)
+    except EaioError as err:
+        return {"status": "error", "code": err.code, "message": err.message}
+
+
+def known_approval(records: Records, approval_id: str) -> ApprovalRow:
+    """The request with this id. ValidationFailed (unknown_approval) when there is none."""
     row = records.get_approval(approval_id)
     if row is None:
-        raise ValidationFailed(f"no approval with id '{approval_id}' (see `eaio approvals`)")
+        raise ValidationFailed(f"no approval with id '{approval_id}' (see `eaio approvals`)", code="unknown_approval")
+    return row
+
+
+def _pending(records: Records, approval_id: str, expiry_s: float) -> ApprovalRow:
+    row = known_approval(records, approval_id)
     if row.status != "pending":
         raise ValidationFailed(f"approval {approval_id} is {row.status}, not pending", code="not_pending")
     if is_expired(row, expiry_s):
@@ -208,12 +220,7 @@ def hand_to_agent(records: Records, approval_id: str, *, who: str = "operator",
     ``approved`` instead, and the running agent, whose servers live as long as it does, writes it
     (``execute_approved``) within a few seconds."""
     row = _pending(records, approval_id, expiry_s)
-    if not records.settle_approval(row.id, "approved", note=f"approved by {who}; the running agent writes it",
-                                   by=who):
-        raise ValidationFailed(f"approval {approval_id} was settled meanwhile by someone else", code="not_pending")
-    settled = records.get_approval(row.id)
-    assert settled is not None
-    return settled
+    return _settle(records, row.id, "approved", note=f"approved by {who}; the running agent writes it", by=who)
 
 
 async def execute_approved(
@@ -234,18 +241,11 @@ async def execute_approved(
 async def _execute(host: ToolHost, records: Records, row: ApprovalRow, *, who: str, only_if: str) -> ApprovalRow:
     args = dict(row.arguments)
     args["reason"] = (f"{row.reason} " if row.reason else "") + f"(approved by {who}, request {row.id})"
-    try:
-        result = await host.call_tool(row.tool, args)
-    except EaioError as err:
-        result = {"status": "error", "code": err.code, "message": err.message}
+    result = await _call(host, row.tool, args)
     failed = result.get("status") == "error"
     note = f"approved by {who}" + (f"; {result['code']}: {result['message']}" if failed else "")
-    if not records.settle_approval(row.id, "failed" if failed else "executed", note=note, result=result,
-                                   only_if=only_if, by=who):
-        raise ValidationFailed(f"approval {row.id} was settled meanwhile by someone else", code="not_pending")
-    settled = records.get_approval(row.id)
-    assert settled is not None
-    return settled
+    return _settle(records, row.id, "failed" if failed else "executed", note=note, result=result,
+                   only_if=only_if, by=who)
 
 
 def reject_approval(
@@ -255,8 +255,14 @@ def reject_approval(
     """``eaio reject ID``: the write never happens. Raises ValidationFailed (unknown id, not pending)."""
     row = _pending(records, approval_id, expiry_s)
     note = f"rejected by {who}" + (f": {reason}" if reason else "")
-    if not records.settle_approval(row.id, "rejected", note=note, by=who):
+    return _settle(records, row.id, "rejected", note=note, by=who)
+
+
+def _settle(records: Records, approval_id: str, status: str, **how: Any) -> ApprovalRow:
+    """Settle the request (``how``: Records.settle_approval's keywords) and return it as settled;
+    ValidationFailed (not_pending) when another process settled it first."""
+    if not records.settle_approval(approval_id, status, **how):
         raise ValidationFailed(f"approval {approval_id} was settled meanwhile by someone else", code="not_pending")
-    settled = records.get_approval(row.id)
+    settled = records.get_approval(approval_id)
     assert settled is not None
     return settled

@@ -29,7 +29,7 @@ from ..config import SiteConfig
 from ..errors import EaioError
 from ..models import Decision, Recommendation
 from .approvals import Actuator, ApprovalPolicy
-from .base import LLMBackend, ToolSpec
+from .base import ToolSpec
 from .host import SEP, CallLog, McpHost
 from .planner import Planner
 from .records import Records
@@ -84,7 +84,6 @@ class Runtime:
         host: ToolHost,
         planner: Planner,
         records: Records,
-        backend: LLMBackend | None = None,
         *,
         echo: Callable[[str], None] = _stderr,
         policy: ApprovalPolicy | None = None,
@@ -94,10 +93,7 @@ class Runtime:
         demand_peak_kw: float | None = None,
     ) -> None:
         self.host = host
-        self.planner = planner
         self.records = records
-        if backend is not None:
-            log.warning("Runtime(backend=...) is not used: configure agent.llm (the model chain) instead")
         self.echo = echo
         # Without a configured policy every write waits for a person: the safe default.
         self.actuator = Actuator(host, records, policy or ApprovalPolicy([], "approve"))
