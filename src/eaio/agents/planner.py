@@ -168,11 +168,11 @@ class Planner:
         """One pass: discover, ONE read per server, then the rules (``comfort``, ``energy``), for
         every zone or only ``zone``. Findings of data quality come with it."""
         result = PlanResult()
-        catalog = await self._discover(result)
-        zones, meters = _select(catalog)
+        catalog = await self.discover(result)
+        zones, meters = select_zones(catalog)
         if zone is not None:
             zones = {k: v for k, v in zones.items() if k == zone}
-        good, bad = await self._read(catalog, zones, meters, result)
+        good, bad = await self._read_list([p for z in zones.values() for p in z.points.values()] + meters, result)
         result.zones = zones
         chosen = [r for r in (("comfort", self._comfort), ("energy", self._unoccupied)) if r[0] in set(rules)]
         for zone_view in zones.values():
@@ -197,11 +197,9 @@ class Planner:
         wanted = [self.catalog[p] for p in ids if p in self.catalog]
         return await self._read_list(wanted, result)
 
-    async def discover(self, result: PlanResult) -> dict[str, PointInfo]:
-        return await self._discover(result)
-
     # -- tool calls ---------------------------------------------------------------------------
-    async def _discover(self, result: PlanResult) -> dict[str, PointInfo]:
+    async def discover(self, result: PlanResult) -> dict[str, PointInfo]:
+        """Every server's list_points: the catalog (also kept as ``catalog`` and ``raw_points``)."""
         catalog: dict[str, PointInfo] = {}
         raw_points: dict[str, dict[str, Any]] = {}
         for server in self.servers:
@@ -217,10 +215,18 @@ class Planner:
         self.catalog, self.raw_points = catalog, raw_points
         return catalog
 
-    async def _read(
-        self, catalog: dict[str, PointInfo], zones: dict[str, ZoneView], meters: list[PointInfo], result: PlanResult
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        return await self._read_list([p for z in zones.values() for p in z.points.values()] + meters, result)
+    async def devices(self, result: PlanResult) -> dict[str, dict[str, Any]]:
+        """Every server's list_devices, by device id."""
+        found: dict[str, dict[str, Any]] = {}
+        for server in self.servers:
+            try:
+                listed = await self._call(f"{server}__list_devices", {})
+            except EaioError as err:
+                result.errors.append(_failure(server, "list_devices", err))
+                continue
+            for d in listed.get("devices", []):
+                found[str(d.get("id"))] = d
+        return found
 
     async def _read_list(self, wanted: list[PointInfo], result: PlanResult) -> tuple[dict[str, Any], dict[str, str]]:
         """ONE read_points per server. Returns usable values and, for the rest, why not."""
@@ -303,7 +309,8 @@ class Planner:
         )
 
 
-def _select(catalog: dict[str, PointInfo]) -> tuple[dict[str, ZoneView], list[PointInfo]]:
+def select_zones(catalog: dict[str, PointInfo]) -> tuple[dict[str, ZoneView], list[PointInfo]]:
+    """Zones (by Brick role) and building meters among discovered points."""
     zones: dict[str, ZoneView] = {}
     meters: list[PointInfo] = []
     for p in catalog.values():
@@ -325,11 +332,6 @@ def _epoch(ts: Any) -> float:
         except ValueError:
             pass
     return time.time()
-
-
-def select_zones(catalog: dict[str, PointInfo]) -> tuple[dict[str, ZoneView], list[PointInfo]]:
-    """Zones (by Brick role) and building meters among discovered points."""
-    return _select(catalog)
 
 
 def _failure(server: str, tool: str, err: EaioError) -> dict[str, Any]:

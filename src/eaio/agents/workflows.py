@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import EaioError, LLMError
+from ..errors import LLMError
 from ..models import Decision, DecisionMode, Recommendation, Severity, SuggestedWrite
 from .approvals import Actuator
 from .base import ToolSpec
@@ -410,7 +410,7 @@ class Workflows:
         else:
             affected = [p for p in catalog.values() if raw.get(p.id, {}).get("device_id") == subject]
             device = subject if affected else None
-        devices = await self._devices(plan)
+        devices = await self.planner.devices(plan)
         good, bad = await self.planner.read_points([p.id for p in affected], plan)
         out = Outcome(errors=plan.errors, complete=False)
         event = trigger.event or {}
@@ -444,18 +444,6 @@ class Workflows:
         ))
         out.answer = msg
         return out
-
-    async def _devices(self, plan: PlanResult) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        for server in self.planner.servers:
-            try:
-                listed = await self.host.call_tool(f"{server}__list_devices", {})
-            except EaioError as err:
-                plan.errors.append({"server": server, "tool": "list_devices", "code": err.code, "message": err.message})
-                continue
-            for d in listed.get("devices", []):
-                found[str(d.get("id"))] = d
-        return found
 
     async def _ask(self, trigger: Trigger, decision_id: str) -> Outcome:
         q = (trigger.question or "").strip()
