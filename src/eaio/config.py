@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .errors import ConfigError
 from .models import BacnetDevice, BacnetLocal, ModbusDevice, MqttDevice, MqttTls, OpcuaDevice, Point, PointKind
-from .models.mqtt import _TEMPLATE
+from .models.mqtt import _TEMPLATE, MqttConnection
 
 __all__ = [
     "AgentServerRef",
@@ -126,6 +126,11 @@ class EventMqtt(_Strict):
     tls: MqttTls | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     max_queued: int = Field(default=100_000, ge=100, description="Events held while the broker is away")
+
+    def connection(self) -> MqttConnection:
+        """As an MQTT connection (a clean session: events are published, and subscribed live)."""
+        return MqttConnection(host=self.host, port=self.port, clean_session=True, keepalive_s=self.keepalive_s,
+                              username=self.username, password=self.password, tls=self.tls)
 
 
 class EventSettings(_Strict):

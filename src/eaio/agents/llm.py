@@ -46,7 +46,7 @@ from ..config import LLMSettings
 from ..errors import EaioError, LLMError
 from ..models import DecisionMode
 from .base import ChatMessage, ChatResponse, LLMBackend, ToolCall, ToolCaller, ToolSpec
-from .host import trim_result
+from .host import SEP, trim_result
 from .ollama import ollama_tool, wire_messages
 
 __all__ = [
@@ -73,7 +73,6 @@ MIN_CTX = 2048
 TRUNCATION_RATIO = 0.6
 CORE_TOOLS = ("list_points", "read_points")  # kept whatever the task says: without them nothing can be read
 RELEVANT_EXTRA = 3  # tools beyond the core ones kept after a truncation
-SEP = "__"
 
 SYSTEM_PROMPT = (
     "You are the operations agent of a building (EAIO). You see the building only through the tools: "

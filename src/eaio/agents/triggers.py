@@ -27,7 +27,6 @@ from pydantic import ValidationError
 
 from ..config import SiteConfig
 from ..models import Event, EventKind, FaultCode, Quality
-from ..models.mqtt import MqttConnection
 from ..protocol_adapters.mqtt import paho_client
 from .workflows import Trigger
 
@@ -102,10 +101,8 @@ class EventTriggers:
     async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
         s = self.settings
-        conn = MqttConnection(host=s.host, port=s.port, clean_session=True, keepalive_s=s.keepalive_s,
-                              username=s.username, password=s.password, tls=s.tls)
         try:
-            client = paho_client(conn, f"{s.client_id}-agent")
+            client = paho_client(s.connection(), f"{s.client_id}-agent")
         except (OSError, ValueError, ssl.SSLError) as err:
             log.error("event triggers: cannot load the broker's TLS files (%s); running on the schedule only", err)
             return self

@@ -29,6 +29,7 @@ from ..errors import LLMError
 from ..models import Decision, DecisionMode, Recommendation, Severity, SuggestedWrite
 from .approvals import Actuator
 from .base import ToolSpec
+from .host import SEP
 from .planner import METER_CLASS, ZONE_ROLES, Planner, PlanResult, PointInfo, ZoneView, select_zones
 from .records import Records
 
@@ -240,7 +241,7 @@ class Workflows:
     def _tools(self, workflow: str) -> list[ToolSpec]:
         wanted = set(WORKFLOW_TOOLS.get(workflow, READS))
         tools: dict[str, ToolSpec] = getattr(self.host, "tools", {})
-        return [t for name, t in tools.items() if name.split("__", 1)[-1] in wanted]
+        return [t for name, t in tools.items() if name.split(SEP, 1)[-1] in wanted]
 
     async def _recall(self, situation: str) -> str:
         if self.memory is None:
@@ -306,7 +307,7 @@ class Workflows:
                                 "reason": f"eaio agent: {rec.message}"[:480]}
         if rec.action.duration_s:
             args["duration_s"] = rec.action.duration_s
-        return await self.actuator.request(f"{server}__write_point", args, decision_id=decision_id)
+        return await self.actuator.request(f"{server}{SEP}write_point", args, decision_id=decision_id)
 
     def _zone_forecast(self, zone: ZoneView) -> dict[str, Any]:
         temp_pt = zone.points["temp"]

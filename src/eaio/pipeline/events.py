@@ -28,7 +28,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from pydantic import BaseModel
 
 from ..config import EventMqtt, EventSettings, SiteConfig
-from ..models import MqttConnection, Quality, ReadingBatch, Severity, Value, from_us, trusted, utcnow
+from ..models import Quality, ReadingBatch, Severity, Value, from_us, trusted, utcnow
 from ..models.event import Event, EventKind, FaultCode, new_event_id
 from ..protocol_adapters.mqtt import paho_client
 
@@ -248,10 +248,8 @@ class _MqttSink:
 
     def start(self) -> None:
         s = self.settings
-        conn = MqttConnection(host=s.host, port=s.port, clean_session=True, keepalive_s=s.keepalive_s,
-                              username=s.username, password=s.password, tls=s.tls)
         try:
-            client = paho_client(conn, s.client_id)
+            client = paho_client(s.connection(), s.client_id)
         except (OSError, ValueError, ssl.SSLError) as err:
             # Retrying cannot fix unreadable certificates: say so and keep the events in process.
             self.last_error = f"tls_error: cannot load CA/certificate/key: {err}"
