@@ -202,12 +202,7 @@ class Planner:
         """Every server's list_points: the catalog (also kept as ``catalog`` and ``raw_points``)."""
         catalog: dict[str, PointInfo] = {}
         raw_points: dict[str, dict[str, Any]] = {}
-        for server in self.servers:
-            try:
-                listed = await self._call(f"{server}__list_points", {})
-            except EaioError as err:
-                result.errors.append(_failure(server, "list_points", err))
-                continue
+        for server, listed in await self._each_server("list_points", result):
             for raw in listed.get("points", []):
                 info = PointInfo.parse(server, raw)
                 catalog.setdefault(info.id, info)
@@ -217,16 +212,19 @@ class Planner:
 
     async def devices(self, result: PlanResult) -> dict[str, dict[str, Any]]:
         """Every server's list_devices, by device id."""
-        found: dict[str, dict[str, Any]] = {}
+        return {str(d.get("id")): d for _, listed in await self._each_server("list_devices", result)
+                for d in listed.get("devices", [])}
+
+    async def _each_server(self, tool: str, result: PlanResult) -> list[tuple[str, dict[str, Any]]]:
+        """``tool`` (no arguments) on every server: (server, answer) of those that answered, in
+        order; each failure goes into ``result.errors``."""
+        answers = []
         for server in self.servers:
             try:
-                listed = await self._call(f"{server}__list_devices", {})
+                answers.append((server, await self._call(f"{server}__{tool}", {})))
             except EaioError as err:
-                result.errors.append(_failure(server, "list_devices", err))
-                continue
-            for d in listed.get("devices", []):
-                found[str(d.get("id"))] = d
-        return found
+                result.errors.append(_failure(server, tool, err))
+        return answers
 
     async def _read_list(self, wanted: list[PointInfo], result: PlanResult) -> tuple[dict[str, Any], dict[str, str]]:
         """ONE read_points per server. Returns usable values and, for the rest, why not."""
